@@ -1,0 +1,138 @@
+"""`lsmha-bench`: measured latency of soft committees against the deep CCT-7/3x1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..models import committee_specs, model_spec, parse_committee
+from .backends import BACKENDS, default_backends
+from .latency import crossover, machine_facts, rows_as_dicts, run_latency
+from .table import format_table
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints, got {text!r}")
+    return values
+
+
+def _name_list(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_latency_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "latency",
+        help="time a committee against CCT-7/3x1 per backend and batch",
+        description=(
+            "Time the baseline model and a soft committee (sum of member logits) on each backend and batch "
+            "size in one run, and report latency, images/s, achieved TFLOP/s and the committee/baseline ratio. "
+            "Weights are random: latency does not depend on trained values."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--committee",
+        default="table6:5",
+        help="members: a paper committee (table5, table6, table7), its first k (table6:5), "
+        "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1",
+    )
+    p.add_argument("--baseline", default="cct_7_3x1", help="model the committee is compared against")
+    p.add_argument(
+        "--backend",
+        type=_name_list,
+        default=None,
+        help=f"comma-separated backends among {', '.join(BACKENDS)} (default: torch on CPU; "
+        "torch, torch-bf16, torch-cuda-graph on CUDA)",
+    )
+    p.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default: 1,32 on CPU; 1,16,256 on CUDA)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks cuda when present")
+    p.add_argument("--num-classes", type=int, default=100, help="output labels of every model")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per row (at least 5 calls)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=cmd_latency)
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        members = committee_specs(parse_committee(args.committee), num_classes=args.num_classes)
+        baseline = model_spec(args.baseline, num_classes=args.num_classes)
+        backends = args.backend or default_backends(device)
+        for name in backends:
+            if name not in BACKENDS:
+                raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+            if BACKENDS[name].cuda_only and device.type != "cuda":
+                raise ValueError(f"backend {name!r} needs a CUDA device")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    batches = args.batch or ([1, 16, 256] if device.type == "cuda" else [1, 32])
+    committee_name = f"committee({args.committee})"
+    groups = {args.baseline: [baseline], committee_name: members}
+    facts = machine_facts(device)
+    print(
+        f"lsmha-bench latency on {facts['device']} ({facts.get('gpu', facts['cpu'])}, torch {facts['torch']}, "
+        f"{facts['threads']} threads); random weights; median of repeated calls after {args.warmup} warm-up calls"
+    )
+    rows = run_latency(
+        groups, backends, batches, device, args.baseline, args.warmup, args.budget, args.seed, not args.no_progress
+    )
+    headers = ["model", "members", "params", "GMAC/img", "paper layers", "backend", "batch", "median ms", "p90 ms"]
+    headers += ["images/s", "TFLOP/s", "ratio"]
+    print(
+        format_table(
+            headers,
+            [
+                [r.model, r.members, r.params, r.gmac_per_image, r.paper_layers, r.backend, r.batch, r.median_ms]
+                + [r.p90_ms, r.images_per_s, r.tflops, r.ratio_vs_baseline]
+                for r in rows
+            ],
+        )
+    )
+    cross = crossover(rows, committee_name, args.baseline)
+    print(f"ratio = latency / {args.baseline} latency, same backend and batch (< 1: faster than {args.baseline})")
+    for backend, batch in cross.items():
+        verdict = f"up to batch {batch}" if batch else "at none of the timed batches"
+        print(f"  {backend}: committee faster than {args.baseline} {verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"facts": facts, "committee": args.committee, "crossover": cross, "rows": rows_as_dicts(rows)}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lsmha-bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_latency_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

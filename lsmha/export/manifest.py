@@ -1,0 +1,223 @@
+"""`manifest.json`: what an export directory holds, with a sha256 for every file.
+
+One generic list of files, each a `FileEntry` (path, sha256, format, precision,
+scope, input/output names and shapes, opset, the versions that made it, and a
+free `extra` dict). A format is only a string, so new artifact kinds ("plan",
+"pt2", ...) are added by writing entries, never by changing this module:
+
+    entry = file_entry(out_dir, "committee.plan", format="plan", precision="fp16",
+                       scope="committee", inputs=[...], outputs=[...],
+                       versions={"tensorrt": trt.__version__})
+    add_entries(out_dir, [entry])          # merges into an existing manifest
+
+`read_manifest` verifies every hash and refuses any path that leaves the directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..models import CCTSpec
+from ..models.manifest import resolve_inside, sha256_file
+
+FORMAT = "lsmha-export-1"
+MANIFEST = "manifest.json"
+COMMITTEE = "committee"  # the scope of a file holding the whole committee
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One graph input or output: name, dtype (numpy name) and shape ("batch" for the dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorInfo:
+        return cls(d["name"], d["dtype"], tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One exported file.
+
+    Args:
+        path: relative to the export directory (posix separators).
+        sha256: hex digest of the file.
+        format: "onnx", "safetensors", and later "plan", "pt2", ...
+        precision: "fp32", "fp16", "bf16", "int8", ...
+        scope: "committee" for a whole-committee file, else the member index.
+        inputs / outputs: the file's tensors.
+        opset: ONNX opset (None for non-ONNX files).
+        versions: package versions that made the file (torch, onnx, onnxruntime, tensorrt, ...).
+        extra: anything format-specific (e.g. a TensorRT profile's batch range).
+    """
+
+    path: str
+    sha256: str
+    format: str
+    precision: str
+    scope: str | int
+    inputs: tuple[TensorInfo, ...] = ()
+    outputs: tuple[TensorInfo, ...] = ()
+    opset: int | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        d = dict(d)
+        d["inputs"] = tuple(TensorInfo.from_dict(t) for t in d.get("inputs", ()))
+        d["outputs"] = tuple(TensorInfo.from_dict(t) for t in d.get("outputs", ()))
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown manifest file field(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class ExportManifest:
+    """The manifest of one export directory: the committee's member specs and its files."""
+
+    directory: Path
+    specs: list[CCTSpec]
+    files: list[FileEntry] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.specs[0].num_classes
+
+    @property
+    def img_size(self) -> int:
+        return self.specs[0].img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.specs[0].in_chans
+
+    def find(self, format: str | None = None, precision: str | None = None, scope: str | int | None = None) -> list[FileEntry]:
+        """Entries matching every criterion given (None matches anything)."""
+        return [
+            e
+            for e in self.files
+            if (format is None or e.format == format)
+            and (precision is None or e.precision == precision)
+            and (scope is None or e.scope == scope)
+        ]
+
+    def path_of(self, entry: FileEntry) -> Path:
+        """Absolute path of an entry, refusing paths that leave the directory."""
+        return resolve_inside(self.directory, entry.path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "members": [s.to_dict() for s in self.specs],
+            "num_classes": self.num_classes,
+            "img_size": self.img_size,
+            "in_chans": self.in_chans,
+            "files": [e.to_dict() for e in self.files],
+            **self.extra,
+        }
+
+
+def file_entry(
+    directory: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    format: str,
+    precision: str,
+    scope: str | int,
+    inputs: list[TensorInfo] | tuple[TensorInfo, ...] = (),
+    outputs: list[TensorInfo] | tuple[TensorInfo, ...] = (),
+    opset: int | None = None,
+    versions: dict[str, str] | None = None,
+    **extra: Any,
+) -> FileEntry:
+    """A `FileEntry` for a file already written under `directory` (hash computed here)."""
+    directory = Path(directory).resolve()
+    absolute = (directory / path).resolve()  # an absolute `path` stays itself
+    if not absolute.is_relative_to(directory):
+        raise ValueError(f"{path} is not inside the export directory {directory}")
+    if not absolute.is_file():
+        raise FileNotFoundError(f"cannot describe {absolute}: no such file")
+    if not (scope == COMMITTEE or (isinstance(scope, int) and scope >= 0)):
+        raise ValueError(f"scope must be {COMMITTEE!r} or a member index >= 0, got {scope!r}")
+    return FileEntry(
+        path=absolute.relative_to(directory).as_posix(),
+        sha256=sha256_file(absolute),
+        format=format,
+        precision=precision,
+        scope=scope,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        opset=opset,
+        versions=dict(versions or {}),
+        extra=dict(extra),
+    )
+
+
+def write_manifest(manifest: ExportManifest) -> Path:
+    """Write `manifest.json` into the manifest's directory (atomically)."""
+    path = Path(manifest.directory) / MANIFEST
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def add_entries(directory: str | os.PathLike, entries: list[FileEntry]) -> ExportManifest:
+    """Merge `entries` into the directory's existing manifest (an entry with the same
+    path replaces the old one) and write it back. For exporters of new formats."""
+    manifest = read_manifest(directory, verify=False)
+    new_paths = {e.path for e in entries}
+    manifest.files = [e for e in manifest.files if e.path not in new_paths] + list(entries)
+    write_manifest(manifest)
+    return manifest
+
+
+def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifest:
+    """Read `manifest.json` (or the directory holding it). With `verify`, every file
+    must exist inside the directory and match its sha256, else ValueError/FileNotFoundError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"export manifest not found: {path} (write one with `lsmha-export onnx`)")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    directory = path.parent.resolve()
+    specs = [CCTSpec.from_dict(s) for s in doc["members"]]
+    files = [FileEntry.from_dict(f) for f in doc.get("files", [])]
+    reserved = {"format", "members", "num_classes", "img_size", "in_chans", "files"}
+    manifest = ExportManifest(directory, specs, files, {k: v for k, v in doc.items() if k not in reserved})
+    for entry in files:
+        absolute = manifest.path_of(entry)  # refuses escaping paths even without verify
+        if not verify:
+            continue
+        if not absolute.is_file():
+            raise FileNotFoundError(f"{path}: listed file {entry.path} is missing")
+        if sha256_file(absolute) != entry.sha256:
+            raise ValueError(f"{path}: {entry.path} does not match its sha256 (modified or corrupt); refusing it")
+    return manifest

@@ -1,0 +1,90 @@
+"""Checkpoints: one `.safetensors` file, the spec and training facts in its metadata.
+
+Nothing is unpickled: safetensors holds raw tensors and a JSON header only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .model import CCT
+from .spec import CCTSpec
+
+FORMAT = "lsmha-checkpoint-1"
+
+
+def save(model: CCT, path: str | os.PathLike, **facts: Any) -> Path:
+    """Write `model` to `path` (.safetensors) with its spec and `facts`
+    (JSON-serialisable: dataset, epochs, accuracy, ...). Written to a temporary
+    file and renamed, so a crash never leaves a half-written checkpoint."""
+    if not isinstance(model, CCT):
+        raise TypeError(f"save expects an lsmha CCT model, got {type(model).__name__}")
+    path = Path(path)
+    try:
+        facts_json = json.dumps(facts, sort_keys=True)
+    except TypeError as err:
+        raise ValueError(f"checkpoint facts must be JSON-serialisable: {err}") from err
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    metadata = {"format": FORMAT, "spec": model.spec.to_json(), "facts": facts_json}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def _open(path: Path) -> tuple[dict[str, str], Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a .safetensors file written by lsmha.save)")
+    try:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {err}") from err
+    metadata = handle.metadata() or {}
+    if metadata.get("format") != FORMAT or "spec" not in metadata:
+        raise ValueError(
+            f"{path} is a safetensors file but not an lsmha checkpoint "
+            f"(metadata format={metadata.get('format')!r}); write it with lsmha.save"
+        )
+    return metadata, handle
+
+
+def load_facts(path: str | os.PathLike) -> dict[str, Any]:
+    """The spec (under "spec") and training facts of a checkpoint, without loading weights."""
+    metadata, _ = _open(Path(path))
+    facts = json.loads(metadata.get("facts", "{}"))
+    return {"spec": json.loads(metadata["spec"]), **facts}
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> CCT:
+    """Rebuild the model saved at `path`, in eval mode, on `device`. Its facts are
+    on `model.facts`. Fails with a clear message on a missing, truncated or
+    mismatched file."""
+    path = Path(path)
+    metadata, handle = _open(path)
+    spec = CCTSpec.from_json(metadata["spec"])
+    model = CCT(spec)
+    expected = model.state_dict()
+    stored = set(handle.keys())
+    missing, unexpected = sorted(set(expected) - stored), sorted(stored - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match its spec: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    state = {}
+    for key, ref in expected.items():
+        try:
+            tensor = handle.get_tensor(key)
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{path}: tensor {key!r} is unreadable (truncated file?): {err}") from err
+        if tensor.shape != ref.shape:
+            raise ValueError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the spec needs {tuple(ref.shape)}")
+        state[key] = tensor
+    model.load_state_dict(state)
+    model.facts = json.loads(metadata.get("facts", "{}"))
+    return model.to(device).eval()

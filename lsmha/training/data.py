@@ -1,0 +1,170 @@
+"""Data sets as in-memory uint8 tensors: CIFAR-100 from a local directory, the
+embedded digits set, and seeded synthetic images.
+
+Every loader returns `(images, labels)`: images uint8 (N, 3, 32, 32), labels int64
+(N,). Nothing is downloaded; standardisation happens inside the model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DATASETS = ("cifar100", "digits", "synthetic")
+SPLITS = ("train", "val")
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-100-python.tar.gz or cifar-100-binary.tar.gz)"
+_PYTHON_FILES = ("train", "test")
+_BINARY_FILES = ("train.bin", "test.bin")
+_DIGITS_VAL_FRACTION = 0.2
+_DIGITS_SEED = 0
+
+
+def num_classes(name: str, **kw: Any) -> int:
+    """Number of labels of data set `name` (`synthetic` honours `num_classes=`)."""
+    _check_name(name)
+    if name == "cifar100":
+        return 100
+    if name == "digits":
+        return 10
+    return int(kw.get("num_classes", 10))
+
+
+def load_dataset(
+    name: str, split: str, data_dir: str | os.PathLike | None = None, **kw: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of one split.
+
+    Args:
+        name: "cifar100" (needs `data_dir`), "digits" or "synthetic".
+        split: "train" or "val" ("test" is accepted as "val": CIFAR-100's test set
+            is the paper's validation set).
+        data_dir: directory holding CIFAR-100 in either official layout, or its parent.
+        **kw: `limit` (keep the first N images) for every set; `num_classes`,
+            `size`, `seed` for "synthetic"; `labels="fine"|"coarse"` for "cifar100".
+    """
+    _check_name(name)
+    split = "val" if split == "test" else split
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} (or 'test' for 'val')")
+    limit = kw.pop("limit", None)
+    if name == "cifar100":
+        images, labels = _load_cifar100(split, data_dir, **kw)
+    elif name == "digits":
+        images, labels = _load_digits(split, **kw)
+    else:
+        images, labels = _load_synthetic(split, **kw)
+    if limit is not None:
+        images, labels = images[: int(limit)], labels[: int(limit)]
+    return images.contiguous(), labels.contiguous()
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def find_cifar100(data_dir: str | os.PathLike | None) -> tuple[str, Path]:
+    """The layout ("python" or "binary") and directory of CIFAR-100 under `data_dir`.
+
+    Raises FileNotFoundError listing the files expected and where to get them.
+    """
+    if data_dir is None:
+        raise FileNotFoundError(
+            f"cifar100 needs --data-dir: a directory with cifar-100-python/{{train,test}} or "
+            f"cifar-100-binary/{{train.bin,test.bin}}; the data set is published at {CIFAR100_URL}"
+        )
+    root = Path(data_dir)
+    candidates = [root, root / "cifar-100-python", root / "cifar-100-binary"]
+    for d in candidates:
+        if all((d / f).is_file() for f in _PYTHON_FILES):
+            return "python", d
+        if all((d / f).is_file() for f in _BINARY_FILES):
+            return "binary", d
+    found = sorted(p.name for d in candidates if d.is_dir() for p in d.iterdir())[:20]
+    raise FileNotFoundError(
+        f"no complete CIFAR-100 under {root} (exists: {root.is_dir()}; found: {found or 'nothing'}); "
+        f"expected either the python layout cifar-100-python/train and cifar-100-python/test, or the "
+        f"binary layout cifar-100-binary/train.bin and cifar-100-binary/test.bin (the directory itself "
+        f"or its parent); the data set is published at {CIFAR100_URL}"
+    )
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """CIFAR's python files are pickled dicts of lists and numpy arrays; allow only those."""
+
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a CIFAR-100 data file (not a CIFAR array)")
+
+
+def _load_cifar100(split: str, data_dir: Any, labels: str = "fine") -> tuple[torch.Tensor, torch.Tensor]:
+    if labels not in ("fine", "coarse"):
+        raise ValueError(f"cifar100 labels must be 'fine' or 'coarse', got {labels!r}")
+    layout, d = find_cifar100(data_dir)
+    if layout == "python":
+        with open(d / ("train" if split == "train" else "test"), "rb") as f:
+            doc = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+        data = np.asarray(doc[b"data"], dtype=np.uint8)
+        target = np.asarray(doc[b"fine_labels" if labels == "fine" else b"coarse_labels"], dtype=np.int64)
+    else:
+        raw = np.fromfile(d / ("train.bin" if split == "train" else "test.bin"), dtype=np.uint8)
+        record = 2 + 3072
+        if raw.size % record:
+            raise ValueError(f"{d}: binary file size {raw.size} is not a multiple of {record} (truncated download?)")
+        raw = raw.reshape(-1, record)
+        target = raw[:, 1 if labels == "fine" else 0].astype(np.int64)
+        data = raw[:, 2:]
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(target)
+
+
+def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:
+        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from err
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0))[:, None]  # (N, 1, 8, 8)
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    images = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    target = bunch.target.astype(np.int64)
+    # fixed stratified split: per class, a seeded permutation, the first 20% to validation
+    rng = np.random.default_rng(_DIGITS_SEED)
+    val_idx, train_idx = [], []
+    for c in np.unique(target):
+        idx = rng.permutation(np.flatnonzero(target == c))
+        n_val = int(round(len(idx) * _DIGITS_VAL_FRACTION))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    chosen = np.sort(np.concatenate(val_idx if split == "val" else train_idx))
+    return images[chosen].contiguous(), torch.from_numpy(target[chosen])
+
+
+def _load_synthetic(
+    split: str, num_classes: int = 10, size: int | None = None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded images: a per-class random prototype (shared by both splits) plus
+    per-image noise, so a model can learn something in a smoke run."""
+    if num_classes < 1:
+        raise ValueError(f"synthetic num_classes must be >= 1, got {num_classes}")
+    size = size if size is not None else (512 if split == "train" else 128)
+    proto_gen = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(num_classes, 3, 32, 32, generator=proto_gen) * 255
+    gen = torch.Generator().manual_seed(seed * 2 + (1 if split == "val" else 2))
+    labels = torch.randint(0, num_classes, (size,), generator=gen, dtype=torch.int64)
+    noise = torch.randn(size, 3, 32, 32, generator=gen) * 48
+    images = (prototypes[labels] + noise).round().clamp(0, 255).to(torch.uint8)
+    return images, labels
