@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..models import committee_specs, model_spec, parse_committee
+from ..models import committee_specs, parse_committee
 from .backends import BACKENDS, default_backends
 from .latency import crossover, machine_facts, rows_as_dicts, run_latency
 from .table import format_table
@@ -47,7 +47,7 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         help="members: a paper committee (table5, table6, table7), its first k (table6:5), "
         "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1",
     )
-    p.add_argument("--baseline", default="cct_7_3x1", help="model the committee is compared against")
+    p.add_argument("--baseline", default="cct_7_3x1", help="the model the committee is compared against, name[:field=value...]")
     p.add_argument(
         "--backend",
         type=_name_list,
@@ -76,7 +76,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     try:
         members = committee_specs(parse_committee(args.committee), num_classes=args.num_classes)
-        baseline = model_spec(args.baseline, num_classes=args.num_classes)
+        base_members = parse_committee(args.baseline)
+        if len(base_members) != 1:
+            raise ValueError(f"--baseline names one model, got {len(base_members)}: {args.baseline!r}")
+        baseline = committee_specs(base_members, num_classes=args.num_classes)[0]
         backends = args.backend or default_backends(device)
         for name in backends:
             if name not in BACKENDS:

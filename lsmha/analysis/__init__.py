@@ -1,0 +1,1 @@
+"""Single-head performance (SHP) analysis."""

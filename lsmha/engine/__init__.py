@@ -1,0 +1,27 @@
+"""The soft-committee engine: `Committee`, input checking, member selection, backends."""
+
+from .backends import AUTO_ORDER, BACKENDS, Backend, BackendUnavailable, Source, available_backends, open_backend
+from .committee import Committee, check_compatible, load_source
+from .inputs import check_images
+from .metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
+from .selection import Selection, select
+
+__all__ = [
+    "AUTO_ORDER",
+    "BACKENDS",
+    "Backend",
+    "BackendUnavailable",
+    "Committee",
+    "Selection",
+    "Source",
+    "accuracy",
+    "agreement_matrix",
+    "available_backends",
+    "check_compatible",
+    "check_images",
+    "load_source",
+    "mean_agreement",
+    "open_backend",
+    "select",
+    "soft_committee",
+]

@@ -1,0 +1,229 @@
+"""`Committee`: the soft committee of CCT members behind one `predict`.
+
+Decision = argmax of the SUM of the members' raw logits (paper appendix: no
+softmax, activation or normalisation). The members run on a backend (torch,
+onnxruntime, ... see `lsmha.engine.backends`); images are checked and
+normalised by `lsmha.engine.inputs` and run in chunks of `batch_size`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models import CCT, CCTSpec
+from . import metrics
+from .backends import Backend, Source, open_backend
+from .inputs import check_images
+from .selection import Selection
+from .selection import select as greedy_select
+
+
+def check_compatible(specs: Sequence[CCTSpec]) -> None:
+    """Refuse committees whose members disagree on classes, image size or channels."""
+    if not specs:
+        raise ValueError("a committee needs at least one member, got none")
+    first = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
+    for i, s in enumerate(specs[1:], start=1):
+        this = (s.num_classes, s.img_size, s.in_chans)
+        if this != first:
+            raise ValueError(
+                f"member {i} ({s.name or 'unnamed'}) has (classes, img_size, in_chans)={this}, "
+                f"member 0 has {first}: every member must agree"
+            )
+
+
+class Committee:
+    """A soft committee of CCT members.
+
+    Args:
+        models: the members (torch `CCT` modules, or a single one); run on the torch backend.
+        device: torch device for the members ("cpu", "cuda", ...; default: where they are).
+        batch_size: largest chunk sent to the backend at once.
+
+    Attributes:
+        specs: the members' `CCTSpec`s. members: their names.
+        num_classes, img_size, in_chans: what every member shares.
+        backend: the name of what actually runs, e.g. "onnxruntime[CPUExecutionProvider]".
+    """
+
+    def __init__(self, models: Sequence[CCT] | CCT, *, device: str | None = None, batch_size: int = 256) -> None:
+        models = [models] if isinstance(models, CCT) else list(models)
+        for i, m in enumerate(models):
+            if not isinstance(m, CCT):
+                raise TypeError(f"Committee expects lsmha CCT models, member {i} is {type(m).__name__}")
+        specs = [m.spec for m in models]
+        check_compatible(specs)
+        source = Source(specs=specs, models=models)
+        self._setup(specs, open_backend("torch", source, device=device), batch_size)
+
+    def _setup(self, specs: list[CCTSpec], runner: Backend, batch_size: int) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if runner.num_members != len(specs):
+            raise ValueError(f"backend {runner.name} runs {runner.num_members} members, the committee has {len(specs)}")
+        self.specs = list(specs)
+        self.runner = runner
+        self.batch_size = min(batch_size, runner.max_batch or batch_size)
+
+    @classmethod
+    def from_backend(cls, specs: Sequence[CCTSpec], runner: Backend, batch_size: int = 256) -> Committee:
+        """A committee over an already-opened backend (for backends built elsewhere)."""
+        check_compatible(list(specs))
+        self = cls.__new__(cls)
+        self._setup(list(specs), runner, batch_size)
+        return self
+
+    @classmethod
+    def from_checkpoints(
+        cls, paths: Sequence[str | os.PathLike], *, device: str | None = None, batch_size: int = 256
+    ) -> Committee:
+        """Load each `.safetensors` checkpoint as a member (torch backend)."""
+        from ..models import load
+
+        return cls([load(p) for p in paths], device=device, batch_size=batch_size)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, backend: str = "auto", *, batch_size: int = 256, **options: Any
+    ) -> Committee:
+        """Load a committee from a `committee.json` (checkpoints) or an export
+        directory's `manifest.json` (or a directory holding either).
+
+        Hashes are verified and paths leaving the directory refused.
+
+        Args:
+            path: a manifest file or a directory with `manifest.json` or `committee.json`.
+            backend: "auto" (fastest usable: tensorrt > cuda-graph > aoti > onnxruntime > torch)
+                or a registered name ("torch", "onnxruntime", ...).
+            batch_size: largest chunk per backend call.
+            **options: backend options, e.g. precision="fp16", device="cuda", threads=2.
+        """
+        source = load_source(path)
+        return cls.from_backend(source.specs, open_backend(backend, source, **options), batch_size)
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def members(self) -> list[str]:
+        """Member names (the spec's name, or "member<i>")."""
+        return [s.name or f"member{i}" for i, s in enumerate(self.specs)]
+
+    @property
+    def num_classes(self) -> int:
+        return self.specs[0].num_classes
+
+    @property
+    def img_size(self) -> int:
+        return self.specs[0].img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.specs[0].in_chans
+
+    @property
+    def backend(self) -> str:
+        """What actually runs the members, e.g. "onnxruntime[CPUExecutionProvider]"."""
+        return self.runner.name
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __repr__(self) -> str:
+        return f"Committee({len(self)} members: {', '.join(self.members)}; backend={self.backend})"
+
+    # -- inference -----------------------------------------------------------------------------
+
+    def _chunks(self, images: Any, fn: Any, axis: int) -> np.ndarray:
+        batch = check_images(images, self.img_size, self.in_chans)
+        outs = [fn(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=axis)
+
+    def predict_logits(self, images: Any) -> np.ndarray:
+        """The soft committee's logits: the SUM of the members' raw logits, (N, classes) float32."""
+        return self._chunks(images, self.runner.logits, axis=0)
+
+    def member_logits(self, images: Any) -> np.ndarray:
+        """Each member's raw logits: (members, N, classes) float32."""
+        return self._chunks(images, self.runner.member_logits, axis=1)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Committee decisions: argmax of the summed raw logits, (N,) int64."""
+        return self.predict_logits(images).argmax(axis=1)
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """softmax(sum of the members' raw logits), (N, classes). A convenience for
+        clients wanting scores; the paper's decision uses the raw sum (same argmax)."""
+        z = self.predict_logits(images).astype(np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _labels(self, labels: Any, n: int) -> np.ndarray:
+        labels = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"expected labels of shape ({n},) integer, got shape {labels.shape} dtype {labels.dtype}")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"expected labels in 0..{self.num_classes - 1}, got {labels.min()}..{labels.max()}")
+        return labels
+
+    def accuracy(self, images: Any, labels: Any) -> dict[str, Any]:
+        """Top-1 accuracy: {"committee": float, "members": [float per member]}."""
+        logits = self.member_logits(images)
+        labels = self._labels(labels, logits.shape[1])
+        return {
+            "committee": metrics.accuracy(metrics.soft_committee(logits), labels),
+            "members": [metrics.accuracy(m, labels) for m in logits],
+        }
+
+    def agreement(self, images: Any, labels: Any) -> np.ndarray:
+        """(members, members) fraction of inputs on which two members are both right or both wrong."""
+        logits = self.member_logits(images)
+        return metrics.agreement_matrix(logits, self._labels(labels, logits.shape[1]))
+
+    def select(self, images: Any, labels: Any, k: int) -> Selection:
+        """Greedy forward selection of `k` members maximising committee accuracy on
+        (images, labels), ties broken by lower mean agreement (see `selection.select`)."""
+        logits = self.member_logits(images)
+        return greedy_select(logits, self._labels(labels, logits.shape[1]), k)
+
+    def close(self) -> None:
+        """Release the backend's sessions/devices."""
+        self.runner.close()
+
+
+def load_source(path: str | os.PathLike) -> Source:
+    """A backend `Source` from an export `manifest.json`, a `committee.json`, or a
+    directory holding one (manifest.json preferred), with hashes verified."""
+    from ..export.manifest import MANIFEST, read_manifest
+    from ..models import load_facts, read_committee
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            path = path / MANIFEST
+        elif (path / "committee.json").is_file():
+            path = path / "committee.json"
+        else:
+            raise FileNotFoundError(f"{path} holds neither {MANIFEST} (an export) nor committee.json (checkpoints)")
+    if not path.is_file():
+        raise FileNotFoundError(f"committee not found: {path}")
+    try:
+        fmt = json.loads(path.read_text()).get("format")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a JSON manifest object: {err}") from err
+    if fmt == "lsmha-committee-1":
+        _, checkpoints = read_committee(path)
+        specs = [CCTSpec.from_dict(load_facts(p)["spec"]) for p in checkpoints]
+        check_compatible(specs)
+        return Source(specs=specs, checkpoints=checkpoints)
+    manifest = read_manifest(path)
+    check_compatible(manifest.specs)
+    return Source(specs=manifest.specs, manifest=manifest)

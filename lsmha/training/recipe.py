@@ -1,0 +1,167 @@
+"""`Recipe`: every training hyper-parameter in one dataclass, read from TOML.
+
+The paper's Appendix: AdamW, batch 128, soft-target cross-entropy, CutMix, MixUp,
+RandAugment and Random Erasing; learning rate η AND weight decay α both annealed
+per epoch by cosine, unless a stepped schedule (q, Δt) is given, which multiplies
+η by q every Δt epochs. Presets: "backbone" (η 6e-4, α 6e-2) and "head"
+(η 1e-3, α 6e-2, (0.78, 10)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .augment import AugmentConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+PRESETS = ("backbone", "head")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One training run's hyper-parameters (model and data set are chosen apart).
+
+    Args:
+        epochs: training epochs.
+        batch_size: images per optimizer step, summed over all processes.
+        lr: peak learning rate η.
+        weight_decay: peak AdamW weight decay α.
+        betas: AdamW betas.
+        schedule: "cosine" (η and α annealed together to `min_factor`) or "step"
+            (η × q every Δt epochs, α constant).
+        step_q: q of the stepped schedule.
+        step_dt: Δt (epochs) of the stepped schedule.
+        warmup_epochs: linear warm-up of η and α before the schedule starts.
+        min_factor: floor of the cosine factor (0 anneals to zero).
+        randaugment, ra_num_ops, ra_magnitude, erasing, mixup_alpha, cutmix_alpha,
+            mix_prob, label_smoothing, augment_groups: see `AugmentConfig`.
+        amp: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32".
+        compile: wrap the model in `torch.compile` for training.
+        seed: seeds weights, shuffling and augmentation.
+        eval_batch_size: images per validation step.
+    """
+
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 6e-4
+    weight_decay: float = 6e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    step_q: float = 0.78
+    step_dt: int = 10
+    warmup_epochs: int = 0
+    min_factor: float = 0.0
+    randaugment: bool = True
+    ra_num_ops: int = 2
+    ra_magnitude: int = 9
+    erasing: float = 0.25
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    mix_prob: float = 1.0
+    label_smoothing: float = 0.0
+    augment_groups: int = 16
+    amp: str = "auto"
+    compile: bool = False
+    seed: int = 0
+    eval_batch_size: int = 256
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        for key in ("epochs", "batch_size", "step_dt", "eval_batch_size", "augment_groups"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"recipe {key} must be a positive int, got {value!r}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.warmup_epochs:
+            raise ValueError(f"recipe warmup_epochs must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"recipe needs lr > 0 and weight_decay >= 0, got {self.lr} and {self.weight_decay}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"recipe schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if not 0 < self.step_q <= 1:
+            raise ValueError(f"recipe step_q must be in (0, 1], got {self.step_q}")
+        if self.amp not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"recipe amp must be 'auto', 'bf16' or 'fp32', got {self.amp!r}")
+        for key in ("erasing", "mix_prob", "label_smoothing", "min_factor"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"recipe {key} must be in [0, 1], got {getattr(self, key)}")
+
+    def replace(self, **changes: Any) -> Recipe:
+        """A copy with `changes`; unknown keys fail with the list of known ones."""
+        check_keys(changes, "recipe override")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "betas": list(self.betas)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], where: str = "recipe") -> Recipe:
+        """Build from a dict (e.g. TOML); a `preset` key starts from that preset."""
+        doc = dict(doc)
+        base = preset(doc.pop("preset")) if "preset" in doc else cls()
+        check_keys(doc, where)
+        return dataclasses.replace(base, **doc)
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(
+            randaugment=self.randaugment,
+            ra_num_ops=self.ra_num_ops,
+            ra_magnitude=self.ra_magnitude,
+            erasing=self.erasing,
+            mixup_alpha=self.mixup_alpha,
+            cutmix_alpha=self.cutmix_alpha,
+            mix_prob=self.mix_prob,
+            label_smoothing=self.label_smoothing,
+            groups=self.augment_groups,
+        )
+
+
+def check_keys(doc: dict[str, Any], where: str) -> None:
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown recipe key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+
+
+def read_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a TOML file with the standard library's tomllib (Python >= 3.11)."""
+    if sys.version_info < (3, 11):
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found]
+        except ImportError as err:
+            raise RuntimeError(
+                f"reading {path} needs Python >= 3.11 (tomllib) or the tomli package: pip install tomli"
+            ) from err
+    else:
+        import tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"TOML file not found: {path}")
+    with open(path, "rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from err
+
+
+def preset(name: str) -> Recipe:
+    """The paper's "backbone" or "head" recipe (configs/<name>.toml)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown recipe preset {name!r}; presets: {', '.join(PRESETS)}")
+    doc = read_toml(CONFIG_DIR / f"{name}.toml")
+    check_keys(doc, f"preset {name}")
+    return dataclasses.replace(Recipe(), **doc)
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A preset name or a TOML file (a top-level table, or its [recipe] table)."""
+    if name_or_path in PRESETS:
+        return preset(name_or_path)
+    doc = read_toml(name_or_path)
+    return Recipe.from_dict(doc.get("recipe", doc), where=str(name_or_path))

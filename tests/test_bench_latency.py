@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from lsmha.bench.cli import build_parser, main
+from lsmha.models import count_params, create_model
+
+
+def test_latency_cli_times_both_groups_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    code = main(
+        [
+            "latency",
+            "--committee",
+            "cct_1_3x1:dim=32:heads=4,cct_1_3x1:dim=16:heads=2",
+            "--baseline",
+            "cct_7_3x1:dim=32:heads=4:n_blocks=1",
+            "--batch",
+            "1,3",
+            "--warmup",
+            "1",
+            "--budget",
+            "0.01",
+            "--no-progress",
+            "--json",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "random weights" in text and "ratio" in text
+    doc = json.loads(out.read_text())
+    rows = doc["rows"]
+    assert [(r["members"], r["batch"]) for r in rows] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows[:2])
+    expected = count_params(create_model("cct_1_3x1", dim=32, heads=4)) + count_params(
+        create_model("cct_1_3x1", dim=16, heads=2)
+    )
+    assert rows[2]["params"] == expected
+    for r in rows:
+        assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3)
+        assert r["p90_ms"] >= r["median_ms"] > 0
+    assert set(doc["crossover"]) == {"torch"}
+
+
+def test_latency_cli_rejects_bad_usage(capsys):
+    assert main(["latency", "--backend", "warp-drive"]) == 2
+    assert "unknown backend 'warp-drive'" in capsys.readouterr().err
+    assert main(["latency", "--baseline", "cct_7_3x1,cct_1_3x1"]) == 2
+    assert main(["latency", "--committee", "cct_9_9x9"]) == 2
+    assert "known models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["latency", "--batch", "0"])
+
+
+def test_latency_help_explains_every_option():
+    sub = build_parser()._subparsers._group_actions[0].choices["latency"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"--{action.dest} has no help"
+    text = sub.format_help()
+    for opt in ["--committee", "--baseline", "--backend", "--batch", "--device", "--json", "--budget", "--threads"]:
+        assert opt in text
