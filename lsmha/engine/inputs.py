@@ -55,7 +55,7 @@ def check_images(images: Any, img_size: int, in_chans: int) -> np.ndarray:
     else:
         found = tuple(images.shape)
         if c not in (found[1], found[3]):
-            raise ValueError(f"expected {c} channels {want}, got shape {found} (no axis of size {c} in position 1 or 3)")
+            raise ValueError(f"expected {c} channels {want}, got shape {found}")
         raise ValueError(f"expected {s}x{s} images {want}, got shape {found}")
     if nchw.dtype != np.uint8:
         nchw = nchw.astype(np.float32, copy=False)

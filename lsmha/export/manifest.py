@@ -112,7 +112,9 @@ class ExportManifest:
     def in_chans(self) -> int:
         return self.specs[0].in_chans
 
-    def find(self, format: str | None = None, precision: str | None = None, scope: str | int | None = None) -> list[FileEntry]:
+    def find(
+        self, format: str | None = None, precision: str | None = None, scope: str | int | None = None
+    ) -> list[FileEntry]:
         """Entries matching every criterion given (None matches anything)."""
         return [
             e

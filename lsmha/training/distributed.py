@@ -32,7 +32,7 @@ class DistContext:
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" picks CUDA when present; "cuda" without a GPU fails with a message."""
+    """ "auto" picks CUDA when present; "cuda" without a GPU fails with a message."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)

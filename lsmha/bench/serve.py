@@ -1,0 +1,286 @@
+"""`lsmha-bench serve`: requests/s and p50/p99 latency of `lsmha-serve` over loopback,
+against direct `Committee.predict` in-process on the same images.
+
+The server runs as its own process (`python -m lsmha.serving.cli`), as in
+production; the clients are threads of this process sending pre-encoded
+KServe v2 JSON bodies, so client-side encoding costs nothing. Every answer is
+checked against direct `predict` on the same images. Modes:
+
+- `direct`: `Committee.predict` called back to back by one caller (no HTTP);
+- `serve`: the server with dynamic batching (--max-batch, --max-delay-ms);
+- `serve-unbatched`: the same server with batches of one request (max-batch = images per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .table import format_table
+
+
+@dataclass(frozen=True)
+class ServeRow:
+    """One measured mode: throughput, latency percentiles, and how the server batched."""
+
+    mode: str
+    clients: int
+    images_per_request: int
+    requests: int
+    seconds: float
+    requests_per_s: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+    mean_batch_images: float | None = None
+    multi_request_batches: int | None = None
+    errors: int = 0
+    mismatches: int = 0
+
+
+def _row(mode: str, clients: int, per_request: int, latencies_s: list[float], seconds: float, **kw: Any) -> ServeRow:
+    ms = np.asarray(latencies_s) * 1e3
+    n = len(latencies_s)
+    return ServeRow(
+        mode, clients, per_request, n, seconds, n / seconds, n * per_request / seconds,
+        float(np.percentile(ms, 50)) if n else float("nan"), float(np.percentile(ms, 99)) if n else float("nan"), **kw,
+    )  # fmt: skip
+
+
+def measure_direct(committee: Any, images: list[np.ndarray], requests: int, warmup: int = 5) -> ServeRow:
+    """`committee.predict` called `requests` times back to back, cycling through `images`."""
+    for i in range(warmup):
+        committee.predict(images[i % len(images)])
+    latencies = []
+    start = time.perf_counter()
+    for i in range(requests):
+        t0 = time.perf_counter()
+        committee.predict(images[i % len(images)])
+        latencies.append(time.perf_counter() - t0)
+    return _row("direct", 1, len(images[0]), latencies, time.perf_counter() - start)
+
+
+def measure_server(
+    url: str,
+    name: str,
+    images: list[np.ndarray],
+    expected: list[np.ndarray],
+    clients: int,
+    requests: int,
+    mode: str = "serve",
+    timeout_s: float = 60.0,
+) -> ServeRow:
+    """`clients` threads send `requests` infer calls in all (client c sends `images[c % len]`),
+    timing each; answers are compared with `expected` labels. Batching facts come from /metrics,
+    counted over this run only."""
+    import httpx
+
+    from ..serving.protocol import decode_outputs, encode_images
+
+    bodies = [json.dumps(encode_images(x, ("label",))).encode() for x in images]
+    endpoint = f"{url}/v2/models/{name}/infer"
+    headers = {"content-type": "application/json"}
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures = {"errors": 0, "mismatches": 0}
+
+    def client(c: int) -> None:
+        k = c % len(bodies)
+        with httpx.Client(timeout=timeout_s) as http:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(endpoint, content=bodies[k], headers=headers)
+                except httpx.HTTPError:
+                    r = None
+                dt = time.perf_counter() - t0
+                ok = r is not None and r.status_code == 200
+                same = ok and np.array_equal(decode_outputs(r.json())["label"], expected[k])
+                with lock:
+                    if ok:
+                        latencies.append(dt)
+                    failures["errors"] += not ok
+                    failures["mismatches"] += ok and not same
+
+    before = scrape_batching(url)
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    after = scrape_batching(url)
+    batches = after["batches"] - before["batches"]
+    mean_batch = (after["images"] - before["images"]) / batches if batches else None
+    multi = after["multi"] - before["multi"]
+    return _row(mode, clients, len(images[0]), latencies, seconds, mean_batch_images=mean_batch,
+                multi_request_batches=int(multi), **failures)  # fmt: skip
+
+
+def scrape_batching(url: str) -> dict[str, float]:
+    """Executed batches, their images, and batches of more than one request, from /metrics."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+
+    def value(pattern: str) -> float:
+        m = re.search(rf"^{pattern} (\S+)$", text, re.M)
+        if m is None:
+            raise ValueError(f"/metrics has no line {pattern!r}; is {url} an lsmha-serve server?")
+        return float(m.group(1))
+
+    batches = value("lsmha_batch_requests_count")
+    return {
+        "batches": batches,
+        "images": value("lsmha_batch_size_sum"),
+        "multi": batches - value(r'lsmha_batch_requests_bucket\{le="1"\}'),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(directory: Path, port: int, extra: list[str], timeout_s: float = 180.0) -> subprocess.Popen:
+    """Start `lsmha-serve` as a child process and wait until it reports ready."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "lsmha.serving.cli", str(directory), "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"lsmha-serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.terminate()
+    raise TimeoutError(f"lsmha-serve was not ready after {timeout_s:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="requests/s and p50/p99 latency of lsmha-serve over loopback vs direct Committee.predict",
+        description=__doc__.split("\n\n")[0] + " Each answer is checked against direct predict.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("dir", type=Path, help="an export directory or committee.json (what lsmha-serve serves)")
+    p.add_argument("--backend", default="auto", help="engine backend for both the server and the direct calls")
+    p.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
+    p.add_argument("--requests", type=int, default=400, help="requests per mode (all clients together)")
+    p.add_argument("--images", type=int, default=1, help="images per request")
+    p.add_argument("--max-batch", type=int, default=32, help="server --max-batch (serve mode)")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="server --max-delay-ms (serve mode)")
+    p.add_argument("--threads", type=int, default=None, help="backend CPU threads (default: the backend's choice)")
+    p.add_argument("--modes", default="direct,serve,serve-unbatched", help="comma-separated modes to run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
+    p.set_defaults(func=cmd_serve)
+
+
+MODES = ("direct", "serve", "serve-unbatched")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes or min(args.clients, args.requests, args.images) < 1 or args.images > args.max_batch:
+        print(
+            f"error: --modes among {', '.join(MODES)} (got {bad or modes}); --clients, --requests, --images >= 1; "
+            f"--images <= --max-batch",
+            file=sys.stderr,
+        )
+        return 2
+    from ..engine import Committee
+
+    options = {} if args.threads is None else {"threads": args.threads}
+    try:
+        committee = Committee.load(args.dir, args.backend, **options)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rng = np.random.default_rng(args.seed)
+    shape = (args.images, committee.img_size, committee.img_size, committee.in_chans)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(args.clients)]
+    expected = [committee.predict(x) for x in images]
+    print(
+        f"lsmha-bench serve: {committee!r}; {os.cpu_count()} CPUs; {args.clients} clients, "
+        f"{args.images} image(s)/request, {args.requests} requests per mode, loopback HTTP, KServe v2 JSON"
+    )
+    rows: list[ServeRow] = []
+    if "direct" in modes:
+        rows.append(measure_direct(committee, images, args.requests))
+    committee.close()
+    common = ["--backend", args.backend] + ([] if args.threads is None else ["--threads", str(args.threads)])
+    servers = {
+        "serve": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
+        "serve-unbatched": ["--max-batch", str(args.images), "--max-delay-ms", "0"],
+    }
+    for mode in [m for m in MODES if m in modes and m != "direct"]:
+        port = free_port()
+        try:
+            proc = start_server(args.dir, port, common + servers[mode])
+        except (RuntimeError, TimeoutError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        try:
+            url = f"http://127.0.0.1:{port}"
+            warm = min(args.requests, 4 * args.clients)  # connections and server paths warmed, not timed
+            measure_server(url, "lsmha_committee", images, expected, args.clients, warm, mode)
+            rows.append(measure_server(url, "lsmha_committee", images, expected, args.clients, args.requests, mode))
+        finally:
+            stop_server(proc)
+    headers = ["mode", "clients", "img/req", "requests", "req/s", "images/s", "p50 ms", "p99 ms"]
+    headers += ["mean batch", "multi-req batches", "errors", "mismatches"]
+    print(
+        format_table(
+            headers,
+            [
+                [r.mode, r.clients, r.images_per_request, r.requests, r.requests_per_s, r.images_per_s, r.p50_ms]
+                + [r.p99_ms, r.mean_batch_images, r.multi_request_batches, r.errors, r.mismatches]
+                for r in rows
+            ],
+        )
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        facts = {"committee": repr(committee), "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
+        args.json.write_text(json.dumps({"facts": facts, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    failed = sum(r.errors + r.mismatches for r in rows)
+    if failed:
+        print(f"error: {failed} request(s) failed or disagreed with direct predict", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,170 @@
+"""The ONNX Runtime backend: the exported committee graph (or one graph per member).
+
+Session options: every graph optimisation (ORT_ENABLE_ALL, the optimised graph
+cached next to the export so later loads skip it), sequential execution, intra-op
+threads = physical cores, spinning threads. On a machine with the CUDA provider
+the graph runs there with I/O binding; otherwise on the CPU. ORT falls back to
+the CPU silently when a provider fails, so `name` reports the provider the
+session actually holds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...export.manifest import COMMITTEE, FileEntry
+from . import Backend, BackendUnavailable, Source
+
+NAME = "onnxruntime"
+VARIANTS = ("fp32", "fp16", "int8")  # fp16 and int8 (ORT dynamic quantisation) are opt-in exports
+
+
+def unavailable() -> str | None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
+    return None
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def session_options(threads: int | None = None, optimized_path: Path | None = None) -> Any:
+    """The tuned `SessionOptions` (see module docstring)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or physical_cores()
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    if optimized_path is not None:
+        so.optimized_model_filepath = str(optimized_path)
+    return so
+
+
+def providers(device: str | None) -> list[Any]:
+    """CUDA first when present and not refused (device="cpu"), then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device not in (None, "cpu") and not str(device).startswith("cuda"):
+        raise BackendUnavailable(f"onnxruntime backend: device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    chosen: list[Any] = []
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        index = int(str(device).split(":")[1]) if device and ":" in str(device) else 0
+        chosen.append(("CUDAExecutionProvider", {"device_id": index}))
+    elif device and str(device).startswith("cuda"):
+        raise BackendUnavailable(
+            f"onnxruntime has no CUDAExecutionProvider here (providers: {available}); pip install onnxruntime-gpu"
+        )
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class OnnxSession:
+    """One ONNX file in one InferenceSession, fed float32 images, with I/O binding on CUDA."""
+
+    def __init__(self, path: Path, device: str | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+        self.provider = self.session.get_providers()[0]
+        self.input = self.session.get_inputs()[0].name
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.on_cuda = self.provider == "CUDAExecutionProvider"
+
+    def run(self, images: np.ndarray) -> list[np.ndarray]:
+        x = images if images.dtype == np.float32 else images.astype(np.float32)
+        if not self.on_cuda:
+            return self.session.run(self.outputs, {self.input: x})
+        binding = self.session.io_binding()  # copy in once, outputs stay on the device until read
+        binding.bind_cpu_input(self.input, x)
+        for name in self.outputs:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+class OnnxRuntimeBackend(Backend):
+    """The committee graph (outputs `logits`, `member_logits`) or one graph per member."""
+
+    def __init__(self, sessions: list[OnnxSession], committee_graph: bool, num_members: int, precision: str) -> None:
+        self.sessions = sessions
+        self.committee_graph = committee_graph
+        self.num_members = num_members
+        self.precision = precision
+        provider = sessions[0].provider
+        self.name = f"onnxruntime[{provider}]" + ("" if precision == "fp32" else f"[{precision}]")
+
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        if self.committee_graph:
+            return self.sessions[0].run(images)[1]
+        return np.stack([s.run(images)[0] for s in self.sessions])
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        if self.committee_graph:
+            return self.sessions[0].run(images)[0]
+        return super().logits(images)
+
+    def close(self) -> None:
+        self.sessions = []
+
+
+def pick_files(source: Source, precision: str) -> tuple[list[FileEntry], bool]:
+    """The committee graph in `precision` if exported, else one graph per member."""
+    manifest = source.manifest
+    if manifest is None:
+        raise BackendUnavailable("onnxruntime backend needs an export directory (run `lsmha-export onnx`)")
+    committee = manifest.find(format="onnx", precision=precision, scope=COMMITTEE)
+    if committee:
+        return committee[:1], True
+    per_member = {e.scope: e for e in manifest.find(format="onnx", precision=precision)}
+    if all(i in per_member for i in range(len(source.specs))):
+        return [per_member[i] for i in range(len(source.specs))], False
+    raise BackendUnavailable(
+        f"{manifest.directory} has no {precision} ONNX committee or member files "
+        f"(have: {sorted({(e.format, e.precision, str(e.scope)) for e in manifest.files})}); "
+        f"run `lsmha-export onnx --precision {precision}`"
+    )
+
+
+def open(
+    source: Source,
+    precision: str = "fp32",
+    device: str | None = None,
+    threads: int | None = None,
+    **options: Any,
+) -> OnnxRuntimeBackend:
+    """Open the exported ONNX files of `source` in ONNX Runtime.
+
+    Args:
+        precision: "fp32" (default), or the opt-in exports "fp16" and "int8"
+            (ORT dynamic int8 quantisation of MatMul/Gemm; see `lsmha.export.onnx`).
+        device: "cpu", "cuda[:N]" or None (CUDA when present).
+        threads: intra-op threads (default: physical cores).
+    """
+    if options:
+        raise BackendUnavailable(f"onnxruntime backend: unknown option(s) {sorted(options)}")
+    if precision not in VARIANTS:
+        raise BackendUnavailable(f"onnxruntime backend runs {VARIANTS}, asked for precision={precision!r}")
+    entries, whole = pick_files(source, precision)
+    sessions = [OnnxSession(source.manifest.path_of(e), device, threads) for e in entries]
+    return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

@@ -1,0 +1,284 @@
+"""ONNX export: a member or a whole committee as ONE opset-23 graph with fused `Attention`.
+
+The graph takes raw pixels, float32 (N, C, H, W) with a dynamic batch axis, and
+standardises each image inside the graph (shared by all members of a committee
+graph, since every member standardises identically). Attention is the ONNX
+`Attention` operator that torch's dynamo exporter emits for
+`F.scaled_dot_product_attention` at opset 23 (head sizes padded to a multiple of
+8 stay padded inside it, with the true scale). Files are self-contained (no
+external data) and carry the member specs in `metadata_props`.
+
+Outputs: a member graph gives `logits` (N, classes); a committee graph gives
+`logits` (the sum of raw logits, N x classes) and `member_logits` (M, N, classes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import CCT, CCTSpec, Standardize
+from .manifest import COMMITTEE, ExportManifest, FileEntry, TensorInfo, file_entry
+
+OPSET = 23
+INPUT = "images"
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": None}  # int8: see quantize_int8
+
+
+class _Body(nn.Module):
+    """One member without its standardisation, run in `dtype`, returning float32 logits."""
+
+    def __init__(self, model: CCT, dtype: torch.dtype) -> None:
+        super().__init__()
+        body = copy.deepcopy(model).eval()
+        body.standardize = nn.Identity()  # done once, in float32, by the graph
+        self.model = body.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z.to(self.dtype)).float()
+
+
+class MemberGraph(nn.Module):
+    """Raw float32 pixels -> one member's logits (N, classes)."""
+
+    def __init__(self, model: CCT, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.standardize = Standardize(model.standardize.eps)
+        self.body = _Body(model, dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(self.standardize(images))
+
+
+class CommitteeGraph(nn.Module):
+    """Raw float32 pixels -> (sum of the members' raw logits (N, C), member logits (M, N, C))."""
+
+    def __init__(self, models: Sequence[CCT], dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.standardize = Standardize(models[0].standardize.eps)
+        self.bodies = nn.ModuleList(_Body(m, dtype) for m in models)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.standardize(images)
+        outs = [body(z) for body in self.bodies]
+        total = outs[0]
+        for o in outs[1:]:
+            total = total + o
+        return total, torch.stack(outs)
+
+
+def op_counts(path_or_model: str | os.PathLike | Any) -> Counter:
+    """Operator type -> count over the graph (and its functions/subgraphs' top level)."""
+    import onnx
+
+    model = onnx.load(str(path_or_model)) if isinstance(path_or_model, (str, os.PathLike)) else path_or_model
+    counts = Counter(n.op_type for n in model.graph.node)
+    for fn in model.functions:
+        counts.update(n.op_type for n in fn.node)
+    return counts
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+
+    versions = {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        import onnxscript
+
+        versions["onnxscript"] = onnxscript.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def export_graph(
+    module: nn.Module,
+    path: str | os.PathLike,
+    specs: Sequence[CCTSpec],
+    output_names: list[str],
+    scope: str | int,
+    precision: str,
+    opset: int = OPSET,
+) -> Path:
+    """Export `module` (raw float32 images -> outputs) to one self-contained ONNX file
+    with a dynamic batch axis, fused Attention checked, specs in the metadata."""
+    import onnx
+
+    spec = specs[0]
+    example = torch.rand(2, spec.in_chans, spec.img_size, spec.img_size) * 255
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT],
+            output_names=output_names,
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 16)}},
+            external_data=False,
+            verbose=False,
+        )
+    proto = program.model_proto
+    counts = op_counts(proto)
+    blocks = sum(s.n_blocks for s in specs)
+    if counts.get("Attention", 0) != blocks:
+        raise RuntimeError(
+            f"expected {blocks} fused ONNX Attention nodes at opset {opset}, the exporter wrote "
+            f"{counts.get('Attention', 0)} ({dict(counts)}); use torch>=2.9 with onnxscript>=0.5"
+        )
+    meta = {
+        "lsmha.format": "lsmha-onnx-1",
+        "lsmha.members": json.dumps([s.to_dict() for s in specs]),
+        "lsmha.scope": str(scope),
+        "lsmha.precision": precision,
+    }
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "lsmha"
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _filename(stem: str, precision: str) -> str:
+    return f"{stem}.onnx" if precision == "fp32" else f"{stem}.{precision}.onnx"
+
+
+def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """ORT dynamic int8 quantisation of an fp32 graph's MatMul/Gemm weights (opt-in:
+    lower precision, its own parity). Attention stays float: ORT would map the opset-23
+    `Attention` to `QAttention`, which rejects its attributes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    proto = onnx.load(str(tmp))
+    for prop in proto.metadata_props:
+        if prop.key == "lsmha.precision":
+            prop.value = "int8"
+    onnx.save_model(proto, str(tmp), save_as_external_data=False)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _export(
+    make: Any, specs: list[CCTSpec], directory: Path, stem: str, outputs: list[str], scope: str | int, precision: str
+) -> FileEntry:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    path = directory / _filename(stem, precision)
+    if precision == "int8":  # quantised from the fp32 graph, exported afresh beside it
+        fp32 = export_graph(make(torch.float32), path.with_suffix(".fp32.tmp"), specs, outputs, scope, "fp32")
+        quantize_int8(fp32, path)
+        fp32.unlink()
+    else:
+        export_graph(make(PRECISIONS[precision]), path, specs, outputs, scope, precision)
+    s = specs[0]
+    inputs = [TensorInfo(INPUT, "float32", ("batch", s.in_chans, s.img_size, s.img_size))]
+    outs = [TensorInfo("logits", "float32", ("batch", s.num_classes))]
+    if scope == COMMITTEE:
+        outs.append(TensorInfo("member_logits", "float32", (len(specs), "batch", s.num_classes)))
+    return file_entry(
+        directory, path, format="onnx", precision=precision, scope=scope,
+        inputs=inputs, outputs=outs, opset=OPSET, versions=_versions(),
+    )  # fmt: skip
+
+
+def export_committee_onnx(
+    models: Sequence[CCT], directory: str | os.PathLike, precision: str = "fp32", name: str = "committee"
+) -> FileEntry:
+    """The whole committee as ONE graph `<name>[.<precision>].onnx` under `directory`; its manifest entry."""
+    specs = [m.spec for m in models]
+    return _export(
+        lambda dtype: CommitteeGraph(models, dtype), specs, Path(directory), name,
+        ["logits", "member_logits"], COMMITTEE, precision,
+    )  # fmt: skip
+
+
+def export_member_onnx(model: CCT, index: int, directory: str | os.PathLike, precision: str = "fp32") -> FileEntry:
+    """One member as `member<index>[.<precision>].onnx` under `directory`; its manifest entry."""
+    return _export(
+        lambda dtype: MemberGraph(model, dtype), [model.spec], Path(directory), f"member{index}",
+        ["logits"], index, precision,
+    )  # fmt: skip
+
+
+def export_onnx(
+    models: Sequence[CCT],
+    directory: str | os.PathLike,
+    precisions: Sequence[str] = ("fp32",),
+    per_member: bool = False,
+    progress: bool = False,
+) -> ExportManifest:
+    """Export a committee into `directory`: its weights (`member<i>.safetensors`, so the
+    torch backend and `verify` can load the directory alone), the committee graph in
+    each precision, optionally one graph per member, and a fresh `manifest.json`.
+
+    Args:
+        models: the members (a committee of one is a single model).
+        directory: created if missing; files of the same names are replaced.
+        precisions: among "fp32", "fp16", "int8" (fp16 and int8 are opt-in variants).
+        per_member: also write `member<i>[.fp16].onnx`.
+        progress: show a tqdm bar.
+    """
+    from tqdm import tqdm
+
+    from ..models import save
+    from .manifest import write_manifest
+
+    models = list(models)
+    if not models:
+        raise ValueError("nothing to export: the committee has no members")
+    specs = [m.spec for m in models]
+    first = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
+    for i, s in enumerate(specs):
+        if (s.num_classes, s.img_size, s.in_chans) != first:
+            raise ValueError(f"member {i} has (classes, img_size, in_chans) != member 0's {first}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    jobs: list[tuple[str, Any]] = []
+    for i, m in enumerate(models):
+        jobs.append((f"member{i}.safetensors", lambda i=i, m=m: _weights_entry(m, i, directory, save)))
+    for p in precisions:
+        jobs.append((f"committee {p}", lambda p=p: export_committee_onnx(models, directory, p)))
+        if per_member:
+            for i, m in enumerate(models):
+                jobs.append((f"member{i} {p}", lambda i=i, m=m, p=p: export_member_onnx(m, i, directory, p)))
+    entries = []
+    for label, job in tqdm(jobs, desc="export", disable=not progress):
+        if progress:
+            tqdm.write(f"writing {label}")
+        entries.append(job())
+    manifest = ExportManifest(directory.resolve(), specs, entries)
+    write_manifest(manifest)
+    return manifest
+
+
+def _weights_entry(model: CCT, index: int, directory: Path, save: Any) -> FileEntry:
+    path = save(model, directory / f"member{index}.safetensors", **getattr(model, "facts", {}))
+    return file_entry(directory, path, format="safetensors", precision="fp32", scope=index, versions=_versions())

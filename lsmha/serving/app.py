@@ -1,0 +1,269 @@
+"""The HTTP server: a FastAPI app speaking the KServe v2 protocol for one committee.
+
+    GET  /v2/health/live            200 while the process serves
+    GET  /v2/health/ready           503 until the committee is loaded and warmed up, then 200
+    GET  /v2                        server metadata
+    GET  /v2/models/{name}          model metadata: inputs, outputs, members, backend
+    GET  /v2/models/{name}/ready    as /v2/health/ready, for this model
+    POST /v2/models/{name}/infer    JSON tensors in, logits / label / member_logits out
+    GET  /metrics                   Prometheus text
+
+Errors are v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model,
+413 payload over the limit, 503 not ready or queue full (with Retry-After),
+500 a failed batch (only that batch's requests; the server keeps serving).
+The committee loads in a background thread after the server starts, so
+liveness answers at once and readiness tells when to send traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from .batcher import DynamicBatcher, QueueFull
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .protocol import INPUT_NAME, InputSpec, ProtocolError, decode_request, encode_response
+
+log = logging.getLogger("lsmha.serving")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Server settings.
+
+    Args:
+        name: the model name in the URL (`/v2/models/{name}/infer`).
+        max_batch: most images in one executed batch, and in one request.
+        max_delay_ms: longest a batch waits for more requests after its first one.
+        max_queue: most requests waiting for a batch; more get 503 with Retry-After.
+        max_body_mb: largest request body in MiB; larger get 413.
+        warmup: run the committee on every accepted input kind before reporting ready.
+    """
+
+    name: str = "lsmha_committee"
+    max_batch: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    max_body_mb: float = 16.0
+    warmup: bool = True
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * (1 << 20))
+
+
+class CommitteeService:
+    """The served committee (once loaded), its batcher and its metrics.
+
+    Args:
+        loader: returns the `lsmha.engine.Committee` to serve (called once, in a worker thread).
+        config: the server settings.
+        on_load_failure: called with the exception when loading or warm-up fails (the CLI exits).
+    """
+
+    def __init__(
+        self,
+        loader: Callable[[], Any],
+        config: ServeConfig,
+        on_load_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self.loader, self.config, self.on_load_failure = loader, config, on_load_failure
+        self.metrics = ServerMetrics(config.max_batch)
+        self.batcher = DynamicBatcher(
+            self.run,
+            max_batch=config.max_batch,
+            max_delay_ms=config.max_delay_ms,
+            max_queue=config.max_queue,
+            metrics=self.metrics,
+        )
+        self.committee: Any = None
+        self.spec: InputSpec | None = None
+        self.ready = False
+        self.failure: str | None = None
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def _load_and_warm(self) -> None:
+        committee = self.loader()
+        spec = InputSpec(committee.img_size, committee.in_chans, self.config.max_batch)
+        if self.config.warmup:
+            rng = np.random.default_rng(0)
+            for n in sorted({1, self.config.max_batch}):
+                pixels = rng.integers(0, 256, (n, *spec.shape("UINT8")), dtype=np.uint8)
+                self._compute(committee, pixels, ("|u1", True))
+                self._compute(committee, pixels.transpose(0, 3, 1, 2).astype(np.float32), ("<f4", False))
+        self.committee, self.spec = committee, spec
+
+    async def load(self) -> None:
+        """Load and warm up the committee in a thread; readiness flips only on success."""
+        try:
+            await asyncio.to_thread(self._load_and_warm)
+        except Exception as err:
+            self.failure = f"loading the committee failed: {type(err).__name__}: {err}"
+            log.error(self.failure)
+            if self.on_load_failure is not None:
+                self.on_load_failure(err)
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %r on %s", self.committee, self.config.name)
+
+    # -- inference -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _compute(committee: Any, images: np.ndarray, key: Hashable) -> dict[str, np.ndarray]:
+        _, wants_members = key
+        if wants_members:
+            members = committee.member_logits(images)  # (M, N, classes)
+            logits = members.sum(axis=0)
+            out = {"member_logits": np.ascontiguousarray(members.transpose(1, 0, 2))}
+        else:
+            logits, out = committee.predict_logits(images), {}
+        return {"logits": logits, "label": logits.argmax(axis=1).astype(np.int64), **out}
+
+    def run(self, images: np.ndarray, key: Hashable) -> dict[str, np.ndarray]:
+        """One executed batch: every output, batch axis first (the batcher's `run`)."""
+        return self._compute(self.committee, images, key)
+
+    def metadata(self) -> dict[str, Any]:
+        c, s = self.committee, self.spec
+        h, w, ch = s.shape("UINT8")
+        return {
+            "name": self.config.name,
+            "versions": ["1"],
+            "platform": "lsmha_committee",
+            "backend": c.backend,
+            "members": c.members,
+            "max_batch_size": self.config.max_batch,
+            "inputs": [  # one input, either kind
+                {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, h, w, ch]},
+                {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, ch, h, w]},
+            ],
+            "outputs": [
+                {"name": "logits", "datatype": "FP32", "shape": [-1, c.num_classes]},
+                {"name": "label", "datatype": "INT64", "shape": [-1]},
+                {"name": "member_logits", "datatype": "FP32", "shape": [-1, len(c.members), c.num_classes]},
+            ],
+        }
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"payload of {declared} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ProtocolError(f"payload exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+ERROR_KINDS = {400: "bad_request", 404: "unknown_model", 413: "payload_too_large", 500: "internal"}
+
+
+def create_app(service: CommitteeService) -> FastAPI:
+    """The FastAPI app serving `service` (loading starts with the app's lifespan)."""
+    config, metrics = service.config, service.metrics
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.batcher.start()
+        loading = asyncio.create_task(service.load())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await service.batcher.stop()
+            if service.committee is not None:
+                service.committee.close()
+
+    app = FastAPI(title="lsmha-serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    def not_ready() -> JSONResponse:
+        reason = service.failure or "the committee is still loading or warming up"
+        return _error(503, f"model {config.name!r} is not ready: {reason}", {"Retry-After": "1"})
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        return JSONResponse({"ready": True}) if service.ready else not_ready()
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "lsmha-serve", "version": __version__, "extensions": []}
+
+    def unknown(name: str) -> JSONResponse:
+        return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+
+    @app.get("/v2/models/{name}")
+    async def model_metadata(name: str) -> Response:
+        if name != config.name:
+            return unknown(name)
+        return JSONResponse(service.metadata()) if service.ready else not_ready()
+
+    @app.get("/v2/models/{name}/ready")
+    async def model_ready(name: str) -> Response:
+        if name != config.name:
+            return unknown(name)
+        return JSONResponse({"name": name, "ready": True}) if service.ready else not_ready()
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, request: Request) -> Response:
+        metrics.requests.inc(model=name)
+        try:
+            if name != config.name:
+                raise ProtocolError(f"unknown model {name!r}; this server serves {config.name!r}", 404)
+            if not service.ready:
+                metrics.errors.inc(kind="not_ready")
+                return not_ready()
+            body = await _read_body(request, config.max_body_bytes)
+            try:
+                doc = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ProtocolError(f"the request body is not valid JSON: {err}") from None
+            req = decode_request(doc, service.spec)
+            rows = await service.batcher.submit(req.images, key=(req.images.dtype.str, req.wants_members))
+        except ProtocolError as err:
+            metrics.errors.inc(kind=ERROR_KINDS.get(err.status, "bad_request"))
+            return _error(err.status, str(err))
+        except QueueFull as err:
+            metrics.errors.inc(kind="queue_full")
+            return _error(503, str(err), {"Retry-After": str(err.retry_after_s)})
+        except Exception as err:  # a failed batch: only its requests fail
+            metrics.errors.inc(kind="internal")
+            log.exception("inference failed")
+            return _error(500, f"inference failed: {type(err).__name__}: {err}")
+        metrics.images.inc(len(req.images))
+        return JSONResponse(encode_response(config.name, req, rows))
+
+    return app

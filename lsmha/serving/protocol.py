@@ -1,0 +1,198 @@
+"""KServe v2 inference protocol, JSON tensors: decoding requests and encoding responses.
+
+A request (https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/):
+
+    {"id": "42",
+     "inputs":  [{"name": "images", "shape": [2, 32, 32, 3], "datatype": "UINT8", "data": [...]}],
+     "outputs": [{"name": "logits"}, {"name": "label"}]}          # optional; default logits + label
+
+`images` is either UINT8 NHWC (raw pixels, what a camera gives) or FP32 NCHW
+(any scale: every member standardises each image itself). `data` is the
+row-major flattened tensor or the same values nested. Outputs, batch axis first:
+`logits` FP32 (N, classes) — the SUM of the members' raw logits; `label` INT64
+(N,) — its argmax; `member_logits` FP32 (N, members, classes), only when asked.
+
+Every rejection is a `ProtocolError` whose message says what was expected and
+what came; the server answers it as 400 `{"error": message}`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+INPUT_NAME = "images"
+OUTPUTS = ("logits", "label", "member_logits")
+DEFAULT_OUTPUTS = ("logits", "label")
+# Every datatype string of the v2 protocol; only UINT8 and FP32 are accepted as images.
+V2_DATATYPES = (
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BF16", "BYTES",
+)  # fmt: skip
+ACCEPTED = {"UINT8": "NHWC", "FP32": "NCHW"}
+NUMPY_TO_V2 = {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}
+
+
+class ProtocolError(ValueError):
+    """A request the protocol refuses; `status` is the HTTP code (400 unless said)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the served committee takes: image size, channels, and the most images per request."""
+
+    img_size: int
+    in_chans: int
+    max_images: int
+
+    def shape(self, datatype: str) -> tuple[int, int, int]:
+        """Per-image shape for `datatype`: (H, W, C) for UINT8, (C, H, W) for FP32."""
+        s, c = self.img_size, self.in_chans
+        return (s, s, c) if ACCEPTED[datatype] == "NHWC" else (c, s, s)
+
+    def describe(self) -> str:
+        return " or ".join(f"{dt} {ACCEPTED[dt]} shape [N, {', '.join(map(str, self.shape(dt)))}]" for dt in ACCEPTED)
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """A decoded request: images (N, H, W, C) uint8 or (N, C, H, W) float32, and the outputs asked for."""
+
+    id: str | None
+    images: np.ndarray
+    outputs: tuple[str, ...]
+
+    @property
+    def wants_members(self) -> bool:
+        return "member_logits" in self.outputs
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise ProtocolError(f"{where} needs a {key!r} field, got keys {sorted(obj)}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ProtocolError(f"{where} field {key!r} must be a {names}, got {type(value).__name__}")
+    return value
+
+
+def _decode_tensor(tensor: dict[str, Any], spec: InputSpec) -> np.ndarray:
+    where = "input tensor"
+    name = _field(tensor, "name", str, where)
+    if name != INPUT_NAME:
+        raise ProtocolError(f"unknown input {name!r}: this model takes one input named {INPUT_NAME!r}")
+    datatype = _field(tensor, "datatype", str, where)
+    if datatype not in V2_DATATYPES:
+        raise ProtocolError(f"unknown datatype {datatype!r}; the v2 protocol knows {', '.join(V2_DATATYPES)}")
+    if datatype not in ACCEPTED:
+        raise ProtocolError(f"datatype {datatype} is not accepted for {INPUT_NAME!r}: expected {spec.describe()}")
+    shape = _field(tensor, "shape", list, where)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"shape must be a list of non-negative ints, got {shape}")
+    per_image = spec.shape(datatype)
+    if len(shape) != 4 or tuple(shape[1:]) != per_image:
+        raise ProtocolError(f"expected {spec.describe()}, got {datatype} shape {shape}")
+    n = shape[0]
+    if n == 0:
+        raise ProtocolError(f"expected at least one image, got shape {shape}")
+    if n > spec.max_images:
+        raise ProtocolError(f"too many images: {n} in one request, at most {spec.max_images}; split the request")
+    if "parameters" in tensor and isinstance(tensor["parameters"], dict) and "binary_data_size" in tensor["parameters"]:
+        raise ProtocolError("the binary tensor extension is not supported; send the values as JSON in 'data'")
+    data = _field(tensor, "data", list, where)
+    try:
+        values = np.asarray(data)
+    except ValueError as err:  # ragged nesting
+        raise ProtocolError(f"'data' must be a flat or regularly nested list of numbers: {err}") from None
+    if values.dtype.kind not in "iuf":
+        raise ProtocolError(f"'data' must hold numbers, got {values.dtype.kind!r}-kind values ({values.dtype})")
+    if values.size != math.prod(shape):
+        raise ProtocolError(f"'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}")
+    values = values.reshape(shape)
+    if datatype == "UINT8":
+        if values.dtype.kind == "f":
+            raise ProtocolError("UINT8 data must be integers, got non-integer numbers; send FP32 NCHW for floats")
+        if values.min() < 0 or values.max() > 255:
+            raise ProtocolError(f"UINT8 data must lie in 0..255, got {values.min()}..{values.max()}")
+        return np.ascontiguousarray(values, dtype=np.uint8)
+    with np.errstate(over="ignore"):  # beyond FP32 range becomes Inf, refused just below
+        images = np.ascontiguousarray(values, dtype=np.float32)
+    finite = np.isfinite(images)
+    if not finite.all():
+        bad = int((~finite).reshape(n, -1).any(axis=1).sum())
+        raise ProtocolError(f"expected finite FP32 values, got NaN or Inf (or beyond FP32 range) in {bad} of {n} image(s)")
+    return images
+
+
+def decode_request(body: Any, spec: InputSpec) -> InferRequest:
+    """Decode and validate a parsed v2 JSON request body (ProtocolError on anything wrong)."""
+    if not isinstance(body, dict):
+        raise ProtocolError(f"the request body must be a JSON object, got {type(body).__name__}")
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string, got {type(request_id).__name__}")
+    inputs = _field(body, "inputs", list, "the request")
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ProtocolError(f"expected exactly one input tensor object named {INPUT_NAME!r}, got {len(inputs)} item(s)")
+    images = _decode_tensor(inputs[0], spec)
+    outputs = DEFAULT_OUTPUTS
+    if body.get("outputs") is not None:
+        asked = _field(body, "outputs", list, "the request")
+        names = []
+        for item in asked:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ProtocolError(f"each requested output must be an object with a 'name', got {item!r}")
+            if item["name"] not in OUTPUTS:
+                raise ProtocolError(f"unknown output {item['name']!r}; this model has {', '.join(OUTPUTS)}")
+            names.append(item["name"])
+        outputs = tuple(dict.fromkeys(names)) or DEFAULT_OUTPUTS
+    return InferRequest(request_id, images, outputs)
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    """One v2 output tensor: name, shape, datatype and the row-major flattened values."""
+    datatype = NUMPY_TO_V2.get(array.dtype.name)
+    if datatype is None:
+        raise TypeError(f"no v2 datatype for numpy {array.dtype}; known: {sorted(NUMPY_TO_V2)}")
+    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.reshape(-1).tolist()}
+
+
+def encode_response(
+    model_name: str, request: InferRequest, results: dict[str, np.ndarray], version: str = "1"
+) -> dict[str, Any]:
+    """The v2 response for `request` from its rows of every output."""
+    body: dict[str, Any] = {"model_name": model_name, "model_version": version}
+    if request.id is not None:
+        body["id"] = request.id
+    body["outputs"] = [encode_tensor(name, results[name]) for name in request.outputs]
+    return body
+
+
+def encode_images(images: np.ndarray, outputs: tuple[str, ...] | None = None, request_id: str | None = None) -> dict:
+    """A v2 request body for `images` ((N, H, W, C) uint8 or (N, C, H, W) float): what a client sends."""
+    images = np.asarray(images)
+    datatype = "UINT8" if images.dtype == np.uint8 else "FP32"
+    if datatype == "FP32":
+        images = images.astype(np.float32, copy=False)
+    body: dict[str, Any] = {"inputs": [encode_tensor(INPUT_NAME, images) | {"datatype": datatype}]}
+    if outputs is not None:
+        body["outputs"] = [{"name": n} for n in outputs]
+    if request_id is not None:
+        body["id"] = request_id
+    return body
+
+
+def decode_outputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Client side: the response's output tensors as numpy arrays, by name."""
+    dtypes = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
+    return {
+        o["name"]: np.asarray(o["data"], dtype=dtypes[o["datatype"]]).reshape(o["shape"]) for o in body["outputs"]
+    }

@@ -1,0 +1,249 @@
+"""A Triton Inference Server model repository from an export directory (`lsmha-export triton`).
+
+    REPO/
+      lsmha_committee/
+        config.pbtxt          platform, max_batch_size, input/output dims, dynamic_batching, instance_group
+        1/model.onnx          (or 1/model.plan when the export holds a TensorRT committee plan)
+
+The committee is ONE model: the export's whole-committee graph. Triton wants
+the batch axis first in every tensor of a batching model, so an output whose
+batch axis is elsewhere (the ONNX graph's `member_logits`, (M, N, classes)) is
+moved there in the copied ONNX graph by one `Transpose` node (served as
+(N, M, classes), like `lsmha-serve`); a TensorRT plan cannot be edited, so such
+an output is left out of its config. Triton then loads the repository unchanged:
+
+    docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/REPO:/models \\
+        nvcr.io/nvidia/tritonserver:<ver>-py3 tritonserver --model-repository=/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..export.manifest import COMMITTEE, FileEntry, TensorInfo, read_manifest
+
+DEFAULT_NAME = "lsmha_committee"
+PLATFORMS = {"plan": ("tensorrt_plan", "model.plan"), "onnx": ("onnxruntime_onnx", "model.onnx")}
+TRITON_TYPES = {
+    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32",
+    "uint64": "TYPE_UINT64", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "bfloat16": "TYPE_BF16",
+}  # fmt: skip
+KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
+
+
+@dataclass(frozen=True)
+class TritonTensor:
+    """A tensor as Triton sees it: dims without the batch axis (-1 for other dynamic axes)."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+
+
+def _batch_first(info: TensorInfo) -> TritonTensor:
+    if info.dtype not in TRITON_TYPES:
+        raise ValueError(f"tensor {info.name!r}: no Triton type for dtype {info.dtype!r}; known {sorted(TRITON_TYPES)}")
+    if info.shape[:1] != ("batch",):
+        raise ValueError(f"tensor {info.name!r} has shape {list(info.shape)}: expected the batch axis first")
+    dims = tuple(d if isinstance(d, int) else -1 for d in info.shape[1:])
+    return TritonTensor(info.name, TRITON_TYPES[info.dtype], dims)
+
+
+def pick_committee_file(entries: list[FileEntry], precision: str | None = None) -> FileEntry:
+    """The whole-committee file Triton should serve: a TensorRT plan when one exists,
+    else the ONNX graph; fp32 first unless `precision` says otherwise."""
+    for fmt in PLATFORMS:
+        found = [e for e in entries if e.format == fmt and e.scope == COMMITTEE]
+        if precision is not None:
+            found = [e for e in found if e.precision == precision]
+        if found:
+            return sorted(found, key=lambda e: e.precision != "fp32")[0]
+    have = sorted({(e.format, e.precision, str(e.scope)) for e in entries})
+    raise ValueError(
+        f"the export holds no whole-committee ONNX graph or TensorRT plan"
+        f"{'' if precision is None else f' in {precision}'} (have: {have}); run `lsmha-export onnx` first"
+    )
+
+
+def _move_batch_first_onnx(src: Path, dst: Path, outputs: list[TensorInfo]) -> None:
+    """Copy the ONNX graph, adding one Transpose per output whose batch axis is not first."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    for info in outputs:
+        axis = list(info.shape).index("batch")
+        perm = [axis] + [i for i in range(len(info.shape)) if i != axis]
+        inner = f"{info.name}__as_exported"
+        for node in graph.node:
+            node.output[:] = [inner if o == info.name else o for o in node.output]
+        graph.node.append(helper.make_node("Transpose", [inner], [info.name], perm=perm, name=f"{info.name}__batch_first"))
+        (out,) = [o for o in graph.output if o.name == info.name]
+        dims = list(out.type.tensor_type.shape.dim)
+        permuted = [type(dims[0])() for _ in perm]
+        for new, old in zip(permuted, perm):
+            new.CopyFrom(dims[old])
+        del out.type.tensor_type.shape.dim[:]
+        out.type.tensor_type.shape.dim.extend(permuted)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
+
+
+def config_pbtxt(
+    name: str,
+    platform: str,
+    max_batch: int,
+    inputs: list[TritonTensor],
+    outputs: list[TritonTensor],
+    max_delay_us: int,
+    instances: int,
+    kind: str,
+) -> str:
+    """The `config.pbtxt` text (protobuf text format of Triton's `inference.ModelConfig`)."""
+
+    def tensor(t: TritonTensor) -> str:
+        return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
+
+    preferred = sorted({b for b in (max_batch // 4, max_batch // 2, max_batch) if b >= 1})
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            f'platform: "{platform}"',
+            f"max_batch_size: {max_batch}",
+            "input [\n" + ",\n".join(map(tensor, inputs)) + "\n]",
+            "output [\n" + ",\n".join(map(tensor, outputs)) + "\n]",
+            "dynamic_batching {",
+            f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
+            f"  max_queue_delay_microseconds: {max_delay_us}",
+            "}",
+            "instance_group [\n  {\n" + f"    count: {instances}\n    kind: {kind}\n" + "  }\n]",
+            "",
+        ]
+    )
+
+
+def write_triton_repository(
+    export_dir: str | Path,
+    out: str | Path,
+    *,
+    name: str = DEFAULT_NAME,
+    max_batch: int = 64,
+    max_delay_us: int = 500,
+    instances: int = 1,
+    kind: str = "auto",
+    precision: str | None = None,
+) -> Path:
+    """Write a Triton model repository for the committee of `export_dir` into `out`.
+
+    Args:
+        export_dir: an export directory (hashes are verified).
+        out: the repository root; `out/<name>/` is replaced if it exists.
+        name: the model name (the directory and `name:` in config.pbtxt).
+        max_batch: Triton's `max_batch_size` (capped by a plan's own profile maximum when the
+            manifest records one as `extra["max_batch"]`).
+        max_delay_us: dynamic batching's `max_queue_delay_microseconds`.
+        instances: model instances per device (`instance_group.count`).
+        kind: "auto", "gpu" or "cpu" (a TensorRT plan always runs on the GPU).
+        precision: pick the committee file of this precision (default: fp32 when present).
+
+    Returns:
+        The model directory `out/<name>`.
+    """
+    if max_batch < 1 or instances < 1 or max_delay_us < 0:
+        raise ValueError(f"expected max_batch >= 1, instances >= 1, max_delay_us >= 0; got {max_batch}, {instances}, {max_delay_us}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"model name must be a plain directory name, got {name!r}")
+    manifest = read_manifest(export_dir)
+    entry = pick_committee_file(manifest.files, precision)
+    platform, filename = PLATFORMS[entry.format]
+    if entry.format == "plan":
+        kind = "gpu"
+        if isinstance(entry.extra.get("max_batch"), int):
+            max_batch = min(max_batch, entry.extra["max_batch"])
+    inputs = [_batch_first(t) for t in entry.inputs]
+    elsewhere = [t for t in entry.outputs if t.shape[:1] != ("batch",) and "batch" in t.shape]
+    served = [t for t in entry.outputs if t not in elsewhere or entry.format == "onnx"]
+    outputs = [
+        _batch_first(t if t not in elsewhere else TensorInfo(t.name, t.dtype, _permuted(t.shape))) for t in served
+    ]
+    if not inputs or not outputs:
+        raise ValueError(f"{entry.path}: the manifest lists no inputs/outputs for it; re-export it")
+    model_dir = Path(out) / name
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    (model_dir / "1").mkdir(parents=True)
+    src = manifest.path_of(entry)
+    if entry.format == "onnx" and elsewhere:
+        _move_batch_first_onnx(src, model_dir / "1" / filename, elsewhere)
+    else:
+        shutil.copyfile(src, model_dir / "1" / filename)
+    text = config_pbtxt(name, platform, max_batch, inputs, outputs, max_delay_us, instances, KINDS[kind])
+    (model_dir / "config.pbtxt").write_text(text)
+    return model_dir
+
+
+def _permuted(shape: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    axis = list(shape).index("batch")
+    return (shape[axis], *shape[:axis], *shape[axis + 1 :])
+
+
+# -- `lsmha-export triton` ---------------------------------------------------------------------
+
+
+def add_triton_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `lsmha-export triton DIR --out REPO` on the export CLI's subparsers."""
+    p = sub.add_parser(
+        "triton",
+        help="write a Triton Inference Server model repository from an export directory",
+        description="Write a model repository that NVIDIA Triton loads unchanged: the committee as one model "
+        "(onnxruntime_onnx, or tensorrt_plan when the export holds a plan) with max_batch_size, dims, "
+        "dynamic_batching and instance_group.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("dir", type=Path, help="an export directory (from `lsmha-export onnx`)")
+    p.add_argument("--out", type=Path, required=True, help="the model repository root to write into")
+    p.add_argument("--name", default=DEFAULT_NAME, help="model name (directory and config name)")
+    p.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
+    p.add_argument("--max-delay-us", type=int, default=500, help="dynamic_batching max_queue_delay_microseconds")
+    p.add_argument("--instances", type=int, default=1, help="instance_group count per device")
+    p.add_argument("--kind", default="auto", choices=sorted(KINDS), help="instance_group kind (plans: always gpu)")
+    p.add_argument("--precision", default=None, help="committee file precision to serve (default: fp32 if present)")
+    p.add_argument("--json", type=Path, default=None, help="also write what was written to this file")
+    p.set_defaults(func=cmd_triton)
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    try:
+        model_dir = write_triton_repository(
+            args.dir,
+            args.out,
+            name=args.name,
+            max_batch=args.max_batch,
+            max_delay_us=args.max_delay_us,
+            instances=args.instances,
+            kind=args.kind,
+            precision=args.precision,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    files = sorted(p.relative_to(args.out).as_posix() for p in model_dir.rglob("*") if p.is_file())
+    print(f"wrote Triton model {args.name!r} to {model_dir}:")
+    for f in files:
+        print(f"  {f}")
+    print(f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.out).resolve()}:/models "
+          "nvcr.io/nvidia/tritonserver:<ver>-py3 tritonserver --model-repository=/models")  # fmt: skip
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"model_dir": str(model_dir), "files": files}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,236 @@
+"""`lsmha-train`: train one CCT, train a committee, or evaluate a checkpoint.
+
+    lsmha-train run --model cct_2_3x2 --dim 512 --heads 32 --dataset cifar100 --data-dir D --epochs 300 --out runs/x
+    lsmha-train committee --config table6 --dataset cifar100 --data-dir D --out runs/t6
+    lsmha-train eval runs/x/model.safetensors --dataset cifar100 --data-dir D
+
+Runs under `torchrun --nproc-per-node N` unchanged. Exit 0 ok, 1 failure, 2 bad usage
+(every configuration error is found before training starts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..models import model_spec
+from .committee import load_committee_config, member_runs, train_committee
+from .data import DATASETS, find_cifar100, num_classes
+from .distributed import init_distributed, shutdown
+from .evaluate import evaluate_checkpoint
+from .loop import RunConfig, train
+from .recipe import Recipe, check_keys, load_recipe
+
+
+class UsageError(ValueError):
+    """Bad configuration: exit 2."""
+
+
+def _value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "/" in text:
+        return [int(v) for v in text.split("/")]
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"{what}: expected key=value, got {item!r}")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def _recipe(args: argparse.Namespace) -> Recipe:
+    changes = _recipe_overrides(args)
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    return load_recipe(args.recipe).replace(**changes)
+
+
+def _check_data(args: argparse.Namespace) -> None:
+    if args.dataset == "cifar100":
+        find_cifar100(args.data_dir)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
+    p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (python or binary layout)")
+    p.add_argument(
+        "--recipe", default="backbone", help="preset (backbone, head) or a TOML file; committee: its [recipe]"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=None, help="override the recipe's peak weight decay")
+    p.add_argument("--compile", action="store_true", help="train through torch.compile")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: one GPU per process)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train one model", formatter_class=fmt)
+    run.add_argument("--model", required=True, help="registry name, e.g. cct_2_3x2")
+    run.add_argument("--dim", type=int, default=None, help="override the embedding dim")
+    run.add_argument("--heads", default=None, help="heads: one int, or per block as 4/4/16")
+    run.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="CCTSpec override")
+    run.add_argument("--out", type=Path, required=True, help="run directory")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _common(run)
+
+    com = sub.add_parser("committee", help="train every member of a committee, then report", formatter_class=fmt)
+    com.add_argument("--config", required=True, help="committee TOML, or a packaged name (table4..7, digits4)")
+    com.add_argument("--first", type=int, default=None, help="only the first K members")
+    com.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="CCTSpec override for all")
+    com.add_argument("--out", type=Path, required=True, help="committee directory (members under members/)")
+    _common(com)
+    com.set_defaults(recipe=None)
+
+    ev = sub.add_parser("eval", help="validation accuracy of a checkpoint", formatter_class=fmt)
+    ev.add_argument("checkpoint", type=Path, help="model.safetensors written by lsmha-train")
+    ev.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
+    ev.add_argument("--data-dir", default=None, help="CIFAR-100 directory")
+    ev.add_argument("--batch-size", type=int, default=256, help="images per step")
+    ev.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
+    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the result as JSON")
+    return parser
+
+
+def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    overrides = _pairs(args.model_set, "--model-set")
+    if args.dim is not None:
+        overrides["dim"] = args.dim
+    if args.heads is not None:
+        overrides["heads"] = _value(args.heads)
+    spec = model_spec(args.model, **{**overrides, "num_classes": num_classes(args.dataset)})
+    recipe = _recipe(args)
+    _check_data(args)
+    cfg = RunConfig(
+        spec, recipe, args.dataset, args.out, args.data_dir, args.limit_train, args.limit_val, args.resume,
+        not args.no_progress,
+    )  # fmt: skip
+    ctx = init_distributed(args.device)
+    try:
+        result = train(cfg, ctx)
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        print(f"{result.checkpoint}: val accuracy {result.val_accuracy:.4f} after {result.epochs} epochs")
+        _write_json(args.json, {"checkpoint": str(result.checkpoint), "val_accuracy": result.val_accuracy,
+                                "epochs": result.epochs, "already_finished": result.already_finished})  # fmt: skip
+    return 0
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human table of a committee: member accuracy, committee accuracy, mean agreement."""
+    width = max(len(m["name"]) for m in report["members"]) + 2
+    lines = [f"{'member':<{width}} {'val acc':>8}", "-" * (width + 9)]
+    lines += [f"{m['name']:<{width}} {m['val_accuracy']:>8.4f}" for m in report["members"]]
+    lines += [
+        "-" * (width + 9),
+        f"{'mean of members':<{width}} {report['mean_member_accuracy']:>8.4f}",
+        f"{'soft committee':<{width}} {report['committee_accuracy']:>8.4f}",
+        f"{'mean agreement':<{width}} {report['mean_agreement']:>8.4f}",
+        f"({report['images']} validation images of {report['dataset']})",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_committee(args: argparse.Namespace) -> int:
+    config = load_committee_config(args.config)
+    if args.first is not None:
+        if not 1 <= args.first <= len(config.members):
+            raise UsageError(f"--first must be in 1..{len(config.members)}, got {args.first}")
+        config = type(config)(config.name, config.members[: args.first], config.recipe, config.common)
+    if args.recipe is None:
+        base = Recipe.from_dict(config.recipe, where=f"{args.config} [recipe]")
+    else:
+        base = load_recipe(args.recipe)
+    base = base.replace(**_recipe_overrides(args))
+    _check_data(args)
+    runs = member_runs(
+        config, args.dataset, args.out, base, _pairs(args.model_set, "--model-set"), args.epochs,
+        data_dir=args.data_dir, limit_train=args.limit_train, limit_val=args.limit_val, resume=True,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    ctx = init_distributed(args.device)
+    try:
+        report = train_committee(runs, args.out, ctx)
+    finally:
+        shutdown(ctx)
+    if ctx.is_main:
+        print(format_report(report))
+        print(f"wrote {args.out / 'committee.json'}")
+        _write_json(args.json, report)
+    return 0
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    changes = _pairs(args.set, "--set")
+    for flag in ("batch_size", "lr", "weight_decay"):
+        if getattr(args, flag) is not None:
+            changes[flag] = getattr(args, flag)
+    if args.compile:
+        changes["compile"] = True
+    check_keys(changes, "--set")
+    return changes
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    _check_data(args)
+    result = evaluate_checkpoint(
+        args.checkpoint, args.dataset, args.data_dir, args.batch_size, args.device, args.limit_val
+    )
+    result.pop("logits")
+    print(f"{'checkpoint':<12} {result['checkpoint']}")
+    print(f"{'dataset':<12} {result['dataset']} ({result['images']} validation images)")
+    print(f"{'val acc':<12} {result['val_accuracy']:.4f}")
+    if "val_accuracy" in result["facts"]:
+        print(f"{'at training':<12} {result['facts']['val_accuracy']:.4f}")
+    _write_json(args.json, result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"run": _cmd_run, "committee": _cmd_committee, "eval": _cmd_eval}[args.command]
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"lsmha-train {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lsmha-train {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Stacked members (lsmha.engine.stacked): parity with the members run one by one, in fp32."""
+
+import pytest
+import torch
+
+from lsmha.engine.stacked import StackedCCT, StackedCommittee, group_members, shape_key
+from lsmha.models import CCT, CCTSpec, committee_specs, parse_committee
+
+
+def _spec(**kw) -> CCTSpec:
+    base = dict(n_conv=2, n_blocks=2, dim=32, heads=4, num_classes=10, img_size=16, attn_dropout=0.0, drop_path=0.0)
+    base.update(kw)
+    return CCTSpec(**base)
+
+
+def _members(specs, seed=0):
+    torch.manual_seed(seed)
+    models = [CCT(s).eval() for s in specs]
+    for m in models:  # non-trivial affine params, so a mixed-up member would show
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.data.normal_(0.0, 0.5)
+    return models
+
+
+def _images(n=3, size=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+
+
+def _reference(models, x):
+    with torch.no_grad():
+        return torch.stack([m(x) for m in models])
+
+
+def test_group_members_table6_first_five():
+    specs = committee_specs(parse_committee("table6:5"))
+    assert group_members(specs) == [[0, 1], [2, 3, 4]]
+    assert shape_key(specs[0]) == shape_key(specs[1]) and shape_key(specs[0]) != shape_key(specs[2])
+
+
+def test_group_members_keeps_interleaved_order_and_ignores_heads():
+    specs = [_spec(dim=32), _spec(dim=48, heads=3), _spec(dim=32, heads=8), _spec(dim=48, heads=6), _spec(n_conv=1)]
+    assert group_members(specs) == [[0, 2], [1, 3], [4]]
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        # equal heads: one SDPA call for the whole group
+        [_spec(), _spec(), _spec()],
+        # different heads per member and per block, head size 11 (padded to 16 inside)
+        [_spec(dim=44, heads=4), _spec(dim=44, heads=(2, 11)), _spec(dim=44, heads=(4, 2))],
+        # one conv, pooling after every conv
+        [_spec(n_conv=1, n_blocks=1, heads=2), _spec(n_conv=1, n_blocks=1, heads=8)],
+        [_spec(n_conv=3, pool="all", img_size=32, heads=2), _spec(n_conv=3, pool="all", img_size=32, heads=4)],
+    ],
+    ids=["same-heads", "mixed-heads-hd11", "one-conv", "pool-all"],
+)
+def test_stacked_cct_matches_members_one_by_one_fp32(specs):
+    models = _members(specs)
+    x = _images(size=specs[0].img_size)
+    stacked = StackedCCT(models)
+    with torch.no_grad():
+        got = stacked(models[0].standardize(x))
+    want = _reference(models, x)
+    assert got.shape == (len(models), 3, specs[0].num_classes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_stacked_committee_member_order_sum_and_singletons():
+    specs = [_spec(dim=32), _spec(dim=48, heads=3), _spec(dim=32, heads=8), _spec(dim=48, heads=6), _spec(n_conv=1)]
+    models = _members(specs)
+    committee = StackedCommittee(models)
+    assert committee.groups == [[0, 2], [1, 3], [4]]
+    assert [type(u).__name__ for u in committee.units] == ["StackedCCT", "StackedCCT", "MemberUnit"]
+    x = _images(n=4)
+    want = _reference(models, x)
+    with torch.no_grad():
+        member = committee.member_logits(x)
+        total = committee(x)
+    torch.testing.assert_close(member, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(total, want.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_stack_false_is_one_unit_per_member_and_equal():
+    specs = [_spec(), _spec(heads=2)]
+    models = _members(specs)
+    x = _images()
+    with torch.no_grad():
+        a = StackedCommittee(models, stack=False).member_logits(x)
+        b = StackedCommittee(models, stack=True).member_logits(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_cast_leaves_members_alone_and_stays_close():
+    specs = [_spec(), _spec(heads=2), _spec(dim=48, heads=3)]
+    models = _members(specs)
+    x = _images(n=8)
+    committee = StackedCommittee(models).to(torch.bfloat16)
+    assert all(p.dtype == torch.float32 for m in models for p in m.parameters())
+    with torch.no_grad():
+        got = committee.member_logits(x)
+    want = _reference(models, x)
+    assert got.dtype == torch.float32
+    rel = (got - want).norm() / want.norm()
+    assert rel < 2e-2, f"bf16 relative logit error {rel:.3g}"
+
+
+def test_refuses_unequal_shapes_and_training_mode():
+    a, b = _members([_spec(), _spec(dim=48, heads=3)])
+    with pytest.raises(ValueError, match="equal weight shapes"):
+        StackedCCT([a, b])
+    b.train()
+    with pytest.raises(ValueError, match="inference-only"):
+        StackedCommittee([a, b])
