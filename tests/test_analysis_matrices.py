@@ -93,7 +93,9 @@ def test_train_head_learns_label_dependent_tokens():
     labels = torch.arange(200) % 4
     centres = torch.randn(4, 1, 16) * 2
     x = centres[labels] + torch.randn(200, 6, 16)
-    head = train_head(CachedTokens(x, "cpu"), labels, 4, 16, HeadRecipe(epochs=10, batch_size=25, lr=1e-2), progress=False)
+    head = train_head(
+        CachedTokens(x, "cpu"), labels, 4, 16, HeadRecipe(epochs=10, batch_size=25, lr=1e-2), progress=False
+    )
     assert evaluate_head(head, CachedTokens(x, "cpu"), labels, 4).accuracy > 0.9
 
 

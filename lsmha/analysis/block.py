@@ -101,7 +101,7 @@ def analyse_block(
     block: int,
     num_classes: int,
     at: Literal["attn", "output"] = "attn",
-    recipe: HeadRecipe = HeadRecipe(),
+    recipe: HeadRecipe | None = None,
     device: torch.device | str = "cpu",
     cache_bytes: float = 8 * 2**30,
     cache_dtype: torch.dtype = torch.float32,
@@ -114,12 +114,13 @@ def analyse_block(
         train, val: (uint8 images (N, C, H, W), int64 labels (N,)) of each split.
         num_classes: L, the data set's labels (the head is fresh, so L need not equal the model's).
         at: "attn" (the paper's per-head measurement) or "output".
-        recipe: the head's optimiser recipe (`HeadRecipe`).
+        recipe: the head's optimiser recipe (default: `HeadRecipe()`, the paper's).
         cache_bytes, cache_dtype: token cache budget and storage type (`token_source`).
         meta: recorded in the result (checkpoint hash, data set, ...) for resume checks.
     """
     if not 1 <= block <= model.spec.n_blocks:
         raise ValueError(f"block must be in 1..{model.spec.n_blocks} for this model, got {block}")
+    recipe = recipe or HeadRecipe()
     kw = dict(block=block, at=at, device=device, cache_bytes=cache_bytes, cache_dtype=cache_dtype, progress=progress)
     source = token_source(model, train[0], **kw)
     head = train_head(source, train[1], num_classes, model.spec.dim, recipe, device, progress)

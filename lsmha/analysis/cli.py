@@ -30,7 +30,7 @@ CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": 
 
 
 def parse_blocks(text: str, n_blocks: int) -> list[int]:
-    """"all", "7", "1-7" or "1,3,5-7" -> sorted 1-based block indices within 1..n_blocks."""
+    """ "all", "7", "1-7" or "1,3,5-7" -> sorted 1-based block indices within 1..n_blocks."""
     if text.strip() == "all":
         return list(range(1, n_blocks + 1))
     blocks: set[int] = set()
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, default=None, help="use the first N training images")
     p.add_argument("--limit-val", type=int, default=None, help="use the first N validation images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--cache-gb", type=float, default=8.0, help="token cache budget per split; beyond it recompute")
     p.add_argument("--cache-dtype", choices=tuple(CACHE_DTYPES), default="float32", help="token cache storage type")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from lsmha.models import load, sha256_file
     from lsmha.training.data import load_dataset, num_classes
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load(args.checkpoint)
     try:
         blocks = parse_blocks(args.blocks, model.spec.n_blocks)

@@ -197,9 +197,7 @@ def block_row(
     heads, labels = stack.shape[0], stack.shape[1]
     stats = [head_stats(m, theta) for m in stack]
     sizes = [s.c_s for s in stats if not math.isnan(s.c_s)]
-    agg = aggregate(
-        sum(s.diag for s in stats), sum(s.n for s in stats), sum(s.in_cluster_pairs for s in stats), labels
-    )
+    agg = aggregate(sum(s.diag for s in stats), sum(s.n for s in stats), sum(s.in_cluster_pairs for s in stats), labels)
     row = BlockRow(
         block=block,
         theta=float(theta),

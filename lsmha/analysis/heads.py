@@ -240,7 +240,7 @@ def evaluate_head(
 def _check_labels(labels: torch.Tensor, num_classes: int, n: int) -> None:
     if labels.dtype != torch.int64 or labels.ndim != 1 or labels.shape[0] != n:
         raise ValueError(f"expected int64 labels of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
-    if n and not (0 <= int(labels.min()) and int(labels.max()) < num_classes):
+    if n and not (int(labels.min()) >= 0 and int(labels.max()) < num_classes):
         raise ValueError(
             f"labels must lie in 0..{num_classes - 1}, found {int(labels.min())}..{int(labels.max())}; "
             "is num_classes right for this data set?"

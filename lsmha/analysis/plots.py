@@ -65,13 +65,13 @@ def plot_head(
 ) -> Path:
     """Fig. 3 for one head: normalised matrix | clipped at θ | permuted with clusters and noise."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch, Rectangle
 
     plt = _pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     labels = m.shape[0]
     b = clip(m, theta)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5.0), constrained_layout=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), constrained_layout=True)
     ax = axes[0]
     if np.isnan(m).all():
         ax.text(0.5, 0.5, "maximum not positive:\nnot normalised", ha="center", va="center", transform=ax.transAxes)
@@ -90,6 +90,12 @@ def plot_head(
     laid = permuted_categories(b, stats)
     ax.imshow(laid, cmap=ListedColormap([EMPTY, CLUSTER, NOISE]), vmin=0, vmax=2, interpolation="nearest")
     c_s = "—" if math.isnan(stats.c_s) else f"{stats.c_s:.2f}"
+    # frame each cluster so that a k×k cluster reads apart from k singletons
+    start, edge = 0, 1.2 if labels <= 30 else 0.4
+    for c in stats.clusters:
+        k = len(c)
+        ax.add_patch(Rectangle((start - 0.5, start - 0.5), k, k, fill=False, edgecolor="black", linewidth=edge))
+        start += k
     ax.set_title(f"permuted: N_c = {stats.n_c}, C_s = {c_s}, n = {stats.n}")
     _axes_labels(ax, labels, stats.permutation)
     ax.legend(
@@ -103,7 +109,7 @@ def plot_head(
         for s in a.spines.values():
             s.set_edgecolor("#888888")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=13, fontweight="bold")
     return _save(fig, path, plt)
 
 
@@ -146,7 +152,9 @@ def plot_blocks(rows: Sequence[BlockRow], path: str | os.PathLike, title: str = 
         skipped += [f"block {b} θ={theta:g}: SNR {s}" for b, s in pts if (b, s) not in finite]
         if finite:
             right.plot(*zip(*finite), "s--", color=f"C{k}", label=f"SNR, θ = {theta:g}")
-    right.set_yscale("log")
+    shown = [s for line in right.get_lines() for s in line.get_ydata()]
+    if shown and max(shown) / min(shown) > 10:
+        right.set_yscale("log")
     right.set_ylabel("SNR")
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     ax.legend(handles=handles, loc="upper left", fontsize=8)

@@ -100,10 +100,84 @@ def torch_cuda_graph(models: list[CCT], device: torch.device, max_batch: int) ->
     return Runner(_to_device(device), run, "stock bf16 autocast in one CUDA graph, one stream")
 
 
+def _gpu_runner(name: str) -> RunnerFactory:
+    """A factory defined in `lsmha.bench.gpu`, imported on first use (it pulls in the CUDA engine)."""
+
+    def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+        from . import gpu
+
+        return getattr(gpu, name)(models, device, max_batch)
+
+    return factory
+
+
+def _onnxruntime_runner(precision: str) -> RunnerFactory:
+    """The lsmha engine on ONNX Runtime: the members exported as ONE opset-23 graph (fused
+    Attention), run by `Committee` (input checks included) with its tuned session."""
+
+    def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+        import tempfile
+
+        from ..engine import Committee
+        from ..export.onnx import export_onnx
+
+        tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-onnx-")  # lives as long as the runner
+        export_onnx(models, tmp.name, precisions=(precision,))
+        committee = Committee.load(tmp.name, backend="onnxruntime", precision=precision, device=device.type,
+                                   batch_size=max(1, max_batch))  # fmt: skip
+
+        def run(images: np.ndarray, _keep: object = tmp) -> np.ndarray:
+            return committee.predict_logits(images)
+
+        return Runner(lambda images: images, run, f"lsmha engine, {committee.backend}, one committee graph")
+
+    return factory
+
+
+def _aoti_runner(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+    """The lsmha engine on an AOTInductor package: the committee graph (standardisation once,
+    members, sum) compiled ahead of time for `device`, run by `Committee` (input checks included)."""
+    import tempfile
+
+    from ..engine import Committee
+    from ..export.aoti import MAX_BATCH, export_aoti_dir, write_weights
+
+    tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-aoti-")  # lives as long as the runner
+    write_weights(models, tmp.name)
+    (entry,) = export_aoti_dir(tmp.name, device=device.type, max_batch=min(max(1, max_batch), MAX_BATCH))
+    committee = Committee.load(tmp.name, backend="aoti", device=device.type, batch_size=max(1, max_batch))
+
+    def run(images: np.ndarray, _keep: object = tmp) -> np.ndarray:
+        return committee.predict_logits(images)
+
+    note = f"lsmha engine, {committee.backend}, one committee package (compiled in {entry.extra['compile_s']:.0f} s)"
+    return Runner(lambda images: images, run, note)
+
+
 BACKENDS: dict[str, BackendEntry] = {
     "torch": BackendEntry(torch_eager, "stock PyTorch eager fp32"),
     "torch-bf16": BackendEntry(torch_bf16, "stock PyTorch eager with bf16 autocast"),
     "torch-cuda-graph": BackendEntry(torch_cuda_graph, "stock PyTorch bf16 in a CUDA graph", cuda_only=True),
+    "onnxruntime": BackendEntry(_onnxruntime_runner("fp32"), "lsmha engine on ONNX Runtime, fp32 committee graph"),
+    "onnxruntime-fp16": BackendEntry(_onnxruntime_runner("fp16"), "lsmha engine on ONNX Runtime, fp16 graph (opt-in)"),
+    "onnxruntime-int8": BackendEntry(
+        _onnxruntime_runner("int8"), "lsmha engine on ONNX Runtime, dynamic int8 MatMul/Gemm (opt-in)"
+    ),
+    "aoti": BackendEntry(_aoti_runner, "lsmha engine on an AOTInductor package (CPU or CUDA), fp32 committee graph"),
+    "torch-stacked": BackendEntry(_gpu_runner("torch_stacked"), "equal-shape members stacked into batched GEMMs, fp32"),
+    "torch-compile-graph": BackendEntry(
+        _gpu_runner("torch_compile_graph"), 'stock torch.compile(mode="reduce-overhead"), bf16 autocast', cuda_only=True
+    ),
+    "torch-compile-streams": BackendEntry(
+        _gpu_runner("torch_compile_streams"),
+        "stock compiled members, bf16 autocast, one CUDA graph, one stream per member",
+        cuda_only=True,
+    ),
+    "cuda-graph": BackendEntry(
+        _gpu_runner("cuda_graph_engine"),
+        "lsmha engine: bf16, stacked members, compiled, one CUDA graph per batch bucket, multi-stream",
+        cuda_only=True,
+    ),
 }
 
 

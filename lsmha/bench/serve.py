@@ -276,7 +276,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        facts = {"committee": repr(committee), "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items() if k != "func"}}
+        facts = {
+            "committee": repr(committee),
+            "cpus": os.cpu_count(),
+            "args": {k: str(v) for k, v in vars(args).items() if k != "func"},
+        }
         args.json.write_text(json.dumps({"facts": facts, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
         print(f"wrote {args.json}")
     failed = sum(r.errors + r.mismatches for r in rows)

@@ -49,6 +49,22 @@ def _onnx_runner(path: Path, entry: FileEntry) -> FileRunner:
 register_file_runner("onnx", _onnx_runner)
 
 
+def _pt2_runner(path: Path, entry: FileEntry) -> FileRunner:
+    from .aoti import file_runner
+
+    return file_runner(path, entry)
+
+
+def _plan_runner(path: Path, entry: FileEntry) -> FileRunner:
+    from .tensorrt import file_runner
+
+    return file_runner(path, entry)
+
+
+register_file_runner("pt2", _pt2_runner)
+register_file_runner("plan", _plan_runner)
+
+
 @dataclass
 class ParityRow:
     """One file on one input set."""
@@ -68,7 +84,9 @@ class ParityRow:
     note: str = ""
 
 
-def input_sets(count: int = 64, seed: int | None = None, img_size: int = 32, in_chans: int = 3) -> dict[str, np.ndarray]:
+def input_sets(
+    count: int = 64, seed: int | None = None, img_size: int = 32, in_chans: int = 3
+) -> dict[str, np.ndarray]:
     """Fresh random uint8 images (a new seed each call unless given) and, if
     available, up to `count` digits validation images: name -> (N, C, H, W) uint8."""
     rng = np.random.default_rng(seed)
@@ -151,10 +169,61 @@ def verify_export(
             rel = max(s[1] for s in stats)
             top1 = min(s[2] for s in stats)
             ok = rel <= rel_tol and top1 >= top1_tol
-            rows.append(ParityRow(**base, inputs=name, images=len(images), max_abs_diff=diff, rel_error=rel,
-                                  top1_agreement=top1, tolerance_rel=rel_tol, tolerance_top1=top1_tol, ok=ok))  # fmt: skip
+            stats_row = dict(max_abs_diff=diff, rel_error=rel, top1_agreement=top1)
+            tol = dict(tolerance_rel=rel_tol, tolerance_top1=top1_tol)
+            rows.append(ParityRow(**base, inputs=name, images=len(images), **stats_row, **tol, ok=ok))
     return rows
 
 
 def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
+
+
+def register(sub: Any) -> None:
+    """The `lsmha-export verify` subcommand."""
+    import argparse
+
+    p = sub.add_parser(
+        "verify",
+        help="parity of every exported file against the torch committee",
+        description=(
+            "Run every exported file and the torch committee (from the export's safetensors) on fresh random "
+            "uint8 images and the digits validation set when available; report max abs logit difference, "
+            "relative error and top-1 agreement. Exit 1 when a file is over its tolerance "
+            + ", ".join(f"{k}: rel<={r:g}, top1>={t:.0%}" for k, (r, t) in TOLERANCES.items())
+            + "."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("directory", type=Path, help="export directory (holding manifest.json)")
+    p.add_argument("--count", type=int, default=64, help="images per input set")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random images (default: fresh)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_cli)
+
+
+def run_cli(args: Any) -> int:
+    import sys
+
+    from .cli import format_table, write_json
+
+    if args.count < 1:
+        print(f"error: --count must be >= 1, got {args.count}", file=sys.stderr)
+        return 2
+    try:
+        rows = verify_export(args.directory, args.count, args.seed, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    headers = ["file", "precision", "scope", "inputs", "N", "max|diff|", "rel err", "top-1", "tol rel", "tol top-1"]
+    table = [
+        [r.file, r.precision, r.scope, r.inputs, r.images, r.max_abs_diff, r.rel_error, r.top1_agreement,
+         r.tolerance_rel, r.tolerance_top1, "ok" if r.ok else "FAIL", r.note]
+        for r in rows
+    ]  # fmt: skip
+    print(format_table(headers + ["result", "note"], table))
+    write_json(args.json, rows_as_dicts(rows))
+    failed = [r for r in rows if not r.ok]
+    print(f"{len(rows) - len(failed)}/{len(rows)} rows within tolerance")
+    return 1 if failed else 0

@@ -1,8 +1,8 @@
 """`lsmha-serve DIR`: serve an exported committee (or a committee.json) over HTTP, KServe v2 protocol.
 
-    lsmha-serve exports/table6 --port 8000 --max-batch 32 --max-delay-ms 2
-    curl -s localhost:8000/v2/health/ready
-    curl -s localhost:8000/v2/models/lsmha_committee
+lsmha-serve exports/table6 --port 8000 --max-batch 32 --max-delay-ms 2
+curl -s localhost:8000/v2/health/ready
+curl -s localhost:8000/v2/models/lsmha_committee
 """
 
 from __future__ import annotations
@@ -22,22 +22,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(JSON tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("dir", type=Path, help="an export directory (manifest.json), a committee.json, or a directory with one")
+    p.add_argument(
+        "dir", type=Path, help="an export directory (manifest.json), a committee.json, or a directory with one"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port, printed at start)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt, ...")
     p.add_argument("--name", default=ServeConfig.name, help="model name in the URL /v2/models/NAME/infer")
-    p.add_argument("--max-batch", type=int, default=ServeConfig.max_batch, help="most images per executed batch and per request")
+    p.add_argument(
+        "--max-batch", type=int, default=ServeConfig.max_batch, help="most images per executed batch and per request"
+    )
     p.add_argument(
         "--max-delay-ms", type=float, default=ServeConfig.max_delay_ms, help="longest a batch waits for more requests"
     )
     p.add_argument(
         "--max-queue", type=int, default=ServeConfig.max_queue, help="most waiting requests; beyond: 503 + Retry-After"
     )
-    p.add_argument("--max-body-mb", type=float, default=ServeConfig.max_body_mb, help="largest request body (413 beyond)")
+    p.add_argument(
+        "--max-body-mb", type=float, default=ServeConfig.max_body_mb, help="largest request body (413 beyond)"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend (default: its own choice)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level")
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
+    )
     return p
 
 

@@ -173,8 +173,12 @@ class ServerMetrics:
         self.batch_size = add(Histogram("lsmha_batch_size", "Images per executed batch.", sizes))
         self.batch_requests = add(Histogram("lsmha_batch_requests", "Requests merged into one executed batch.", sizes))
         seconds = exponential_buckets(1e-4, 2.0, 16)  # 0.1 ms .. 3.3 s
-        self.queue_seconds = add(Histogram("lsmha_queue_seconds", "Time a request waited before its batch ran.", seconds))
-        self.compute_seconds = add(Histogram("lsmha_compute_seconds", "Time one batch spent in the committee.", seconds))
+        self.queue_seconds = add(
+            Histogram("lsmha_queue_seconds", "Time a request waited before its batch ran.", seconds)
+        )
+        self.compute_seconds = add(
+            Histogram("lsmha_compute_seconds", "Time one batch spent in the committee.", seconds)
+        )
         self.queue_depth = add(Gauge("lsmha_queue_depth", "Requests waiting for a batch."))
         self.ready = add(Gauge("lsmha_ready", "1 once the committee is loaded and warmed up."))
 

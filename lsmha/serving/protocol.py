@@ -128,7 +128,9 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec) -> np.ndarray:
     finite = np.isfinite(images)
     if not finite.all():
         bad = int((~finite).reshape(n, -1).any(axis=1).sum())
-        raise ProtocolError(f"expected finite FP32 values, got NaN or Inf (or beyond FP32 range) in {bad} of {n} image(s)")
+        raise ProtocolError(
+            f"expected finite FP32 values, got NaN or Inf (or beyond FP32 range) in {bad} of {n} image(s)"
+        )
     return images
 
 
@@ -193,6 +195,4 @@ def encode_images(images: np.ndarray, outputs: tuple[str, ...] | None = None, re
 def decode_outputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
     """Client side: the response's output tensors as numpy arrays, by name."""
     dtypes = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
-    return {
-        o["name"]: np.asarray(o["data"], dtype=dtypes[o["datatype"]]).reshape(o["shape"]) for o in body["outputs"]
-    }
+    return {o["name"]: np.asarray(o["data"], dtype=dtypes[o["datatype"]]).reshape(o["shape"]) for o in body["outputs"]}

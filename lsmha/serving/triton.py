@@ -85,7 +85,9 @@ def _move_batch_first_onnx(src: Path, dst: Path, outputs: list[TensorInfo]) -> N
         inner = f"{info.name}__as_exported"
         for node in graph.node:
             node.output[:] = [inner if o == info.name else o for o in node.output]
-        graph.node.append(helper.make_node("Transpose", [inner], [info.name], perm=perm, name=f"{info.name}__batch_first"))
+        graph.node.append(
+            helper.make_node("Transpose", [inner], [info.name], perm=perm, name=f"{info.name}__batch_first")
+        )
         (out,) = [o for o in graph.output if o.name == info.name]
         dims = list(out.type.tensor_type.shape.dim)
         permuted = [type(dims[0])() for _ in perm]
@@ -110,7 +112,8 @@ def config_pbtxt(
     """The `config.pbtxt` text (protobuf text format of Triton's `inference.ModelConfig`)."""
 
     def tensor(t: TritonTensor) -> str:
-        return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {", ".join(map(str, t.dims))} ]\n  }}'
+        dims = ", ".join(map(str, t.dims))
+        return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}'
 
     preferred = sorted({b for b in (max_batch // 4, max_batch // 2, max_batch) if b >= 1})
     return "\n".join(
@@ -147,8 +150,8 @@ def write_triton_repository(
         export_dir: an export directory (hashes are verified).
         out: the repository root; `out/<name>/` is replaced if it exists.
         name: the model name (the directory and `name:` in config.pbtxt).
-        max_batch: Triton's `max_batch_size` (capped by a plan's own profile maximum when the
-            manifest records one as `extra["max_batch"]`).
+        max_batch: Triton's `max_batch_size` (capped by a plan's batch profile maximum,
+            `extra["profile"]["max"]` in its manifest entry).
         max_delay_us: dynamic batching's `max_queue_delay_microseconds`.
         instances: model instances per device (`instance_group.count`).
         kind: "auto", "gpu" or "cpu" (a TensorRT plan always runs on the GPU).
@@ -158,7 +161,9 @@ def write_triton_repository(
         The model directory `out/<name>`.
     """
     if max_batch < 1 or instances < 1 or max_delay_us < 0:
-        raise ValueError(f"expected max_batch >= 1, instances >= 1, max_delay_us >= 0; got {max_batch}, {instances}, {max_delay_us}")
+        raise ValueError(
+            f"expected max_batch >= 1, instances >= 1, max_delay_us >= 0; got {max_batch}, {instances}, {max_delay_us}"
+        )
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if not name or "/" in name or name.startswith("."):
@@ -168,8 +173,14 @@ def write_triton_repository(
     platform, filename = PLATFORMS[entry.format]
     if entry.format == "plan":
         kind = "gpu"
-        if isinstance(entry.extra.get("max_batch"), int):
-            max_batch = min(max_batch, entry.extra["max_batch"])
+        profile = entry.extra.get("profile")  # {"min", "opt", "max"} from `lsmha-export tensorrt`
+        if profile:
+            if int(profile["min"]) > 1:
+                raise ValueError(
+                    f"{entry.path} was built for batches {profile['min']}..{profile['max']}; Triton sends batches "
+                    f"from 1 up: rebuild it with `lsmha-export tensorrt --profile 1,OPT,MAX`"
+                )
+            max_batch = min(max_batch, int(profile["max"]))
     inputs = [_batch_first(t) for t in entry.inputs]
     elsewhere = [t for t in entry.outputs if t.shape[:1] != ("batch",) and "batch" in t.shape]
     served = [t for t in entry.outputs if t not in elsewhere or entry.format == "onnx"]
@@ -220,6 +231,9 @@ def add_triton_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default=None, help="committee file precision to serve (default: fp32 if present)")
     p.add_argument("--json", type=Path, default=None, help="also write what was written to this file")
     p.set_defaults(func=cmd_triton)
+
+
+register = add_triton_parser  # the hook `lsmha.export.cli` calls (listed there by module name)
 
 
 def cmd_triton(args: argparse.Namespace) -> int:

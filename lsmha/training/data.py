@@ -7,6 +7,7 @@ Every loader returns `(images, labels)`: images uint8 (N, 3, 32, 32), labels int
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from pathlib import Path
@@ -86,7 +87,7 @@ def find_cifar100(data_dir: str | os.PathLike | None) -> tuple[str, Path]:
             return "python", d
         if all((d / f).is_file() for f in _BINARY_FILES):
             return "binary", d
-    found = sorted(p.name for d in candidates if d.is_dir() for p in d.iterdir())[:20]
+    found = sorted({p.relative_to(root).as_posix() for d in candidates if d.is_dir() for p in d.iterdir()})[:20]
     raise FileNotFoundError(
         f"no complete CIFAR-100 under {root} (exists: {root.is_dir()}; found: {found or 'nothing'}); "
         f"expected either the python layout cifar-100-python/train and cifar-100-python/test, or the "
@@ -103,6 +104,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -132,6 +134,13 @@ def _load_cifar100(split: str, data_dir: Any, labels: str = "fine") -> tuple[tor
 
 
 def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, target, splits = _digits()
+    chosen = splits[split]
+    return images[chosen].contiguous(), torch.from_numpy(target[chosen])
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[torch.Tensor, np.ndarray, dict[str, np.ndarray]]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:
@@ -149,8 +158,8 @@ def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
         n_val = int(round(len(idx) * _DIGITS_VAL_FRACTION))
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
-    chosen = np.sort(np.concatenate(val_idx if split == "val" else train_idx))
-    return images[chosen].contiguous(), torch.from_numpy(target[chosen])
+    splits = {"val": np.sort(np.concatenate(val_idx)), "train": np.sort(np.concatenate(train_idx))}
+    return images, target, splits
 
 
 def _load_synthetic(

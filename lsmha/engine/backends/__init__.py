@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 BACKENDS: dict[str, str] = {
     "torch": "lsmha.engine.backends.torch_backend",
     "onnxruntime": "lsmha.engine.backends.onnxruntime_backend",
+    "aoti": "lsmha.engine.backends.aoti_backend",
+    "tensorrt": "lsmha.engine.backends.tensorrt_backend",
+    "cuda-graph": "lsmha.engine.backends.cuda_graph_backend",
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
 

@@ -1,0 +1,85 @@
+"""`lsmha-export onnx`: a committee (or one model) to ONNX opset 23 with fused Attention."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .manifest import MANIFEST
+
+
+def load_members(sources: list[str], num_classes: int | None = None, seed: int = 0) -> list:
+    """Members from a committee.json (or its directory), .safetensors checkpoints, or model
+    names (`lsmha.list_models()`, random weights: for latency work only)."""
+    import torch
+
+    from ..models import create_model, list_models, load, read_committee
+
+    members = []
+    for src in sources:
+        path = Path(src)
+        if path.is_dir() or path.suffix == ".json":
+            _, checkpoints = read_committee(path)
+            members += [load(p) for p in checkpoints]
+        elif path.suffix == ".safetensors":
+            members.append(load(path))
+        elif src in list_models():
+            torch.manual_seed(seed + len(members))
+            overrides = {"num_classes": num_classes} if num_classes else {}
+            members.append(create_model(src, **overrides).eval())
+        else:
+            raise ValueError(
+                f"cannot read member source {src!r}: expected a committee.json (or its directory), "
+                f"a .safetensors checkpoint, or a model name among {', '.join(list_models())}"
+            )
+    return members
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "onnx",
+        help="export a committee to ONNX (opset 23, fused Attention, one graph)",
+        description=(
+            "Write the committee as ONE ONNX graph (raw float32 pixels in, per-image standardisation inside, "
+            "members + Sum; outputs logits and member_logits), optionally one graph per member, each member's "
+            "weights as .safetensors, and manifest.json with sha256, opset, precision and versions."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("sources", nargs="+", help="committee.json (or its dir), .safetensors files, or model names")
+    p.add_argument("-o", "--out", type=Path, required=True, help="export directory (created)")
+    p.add_argument(
+        "--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
+        help="graphs to write; fp16 and int8 (ORT dynamic quantisation) are opt-in variants",
+    )  # fmt: skip
+    p.add_argument("--per-member", action="store_true", help="also write one graph per member")
+    p.add_argument("--num-classes", type=int, default=None, help="classes for models built from names")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights for models built from names")
+    p.add_argument("--json", type=Path, default=None, help="also write the manifest to this file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import format_table, write_json
+    from .onnx import export_onnx
+
+    try:
+        members = load_members(args.sources, args.num_classes, args.seed)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        manifest = export_onnx(members, args.out, args.precision, args.per_member, progress=not args.no_progress)
+    except (ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    rows = [
+        [e.path, e.format, e.precision, e.scope, e.opset, (manifest.path_of(e).stat().st_size >> 10), e.sha256[:12]]
+        for e in manifest.files
+    ]
+    print(format_table(["file", "format", "precision", "scope", "opset", "KiB", "sha256"], rows))
+    print(f"wrote {Path(manifest.directory) / MANIFEST}")
+    write_json(args.json, manifest.to_dict())
+    return 0

@@ -1,0 +1,126 @@
+"""The GPU comparison harness (lsmha.bench.gpu): its bookkeeping on CPU, its runners on a GPU."""
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lsmha.bench import gpu
+from lsmha.bench.backends import BACKENDS, make_runner
+from lsmha.bench.cli import main as bench_main
+from lsmha.models import CCT, CCTSpec
+
+CUDA = torch.cuda.is_available()
+
+
+def _row(model, backend, batch, ms):
+    return gpu.GpuRow(model, 1, backend, batch, ms, ms, batch / ms, 1.0, None)
+
+
+def _rows():
+    rows = [
+        _row("cct_7_3x1", "torch-compile-graph", 1, 0.27),
+        _row("cct_7_3x1", "cuda-graph", 1, 0.15),
+        _row("cct_7_3x1", "cuda-graph", 256, 3.0),
+        _row("committee-5", "torch-compile-graph", 1, 0.37),
+        _row("committee-5", "cuda-graph", 1, 0.20),
+        _row("committee-5", "cuda-graph", 256, 20.0),
+        _row("committee-5", "torch-bf16", 256, 32.0),
+    ]
+    base = {(r.backend, r.batch): r.median_ms for r in rows if r.model == "cct_7_3x1"}
+    for r in rows:
+        r.ratio_vs_baseline = r.median_ms / base[(r.backend, r.batch)] if (r.backend, r.batch) in base else None
+    return rows
+
+
+def test_bf16_peaks_by_device_name():
+    assert gpu.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.bf16_peak_tflops("NVIDIA H200") == 989.0
+    assert gpu.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.bf16_peak_tflops("NVIDIA L40S") == 362.0
+    assert gpu.bf16_peak_tflops("NVIDIA L4") == 121.0
+    assert gpu.bf16_peak_tflops("Tesla T4") is None
+
+
+def test_targets_crossover_and_summary():
+    rows = _rows()
+    t = {x["goal"] + x["target"][:12]: x for x in gpu.targets(rows)}
+    values = [(round(x["value"], 4), x["met"]) for x in t.values()]
+    assert values == [(round(0.20 / 0.27, 4), True), (round(0.27 / 0.15, 4), True), (1.6, True)]
+    assert gpu.crossover(rows) == {"committee-5": {"torch-compile-graph": None, "cuda-graph": 1}}
+    missing = gpu.targets(rows[:2])
+    assert [x["met"] for x in missing] == [None, True, None]
+    from dataclasses import asdict
+
+    result = {"rows": [asdict(r) for r in rows], "crossover": gpu.crossover(rows)}
+    table = gpu.summary_table(result)
+    assert table.splitlines()[0].split()[:3] == ["backend", "CCT-7", "b1"]
+    assert "cuda-graph" in table and "0.741" in table
+
+
+def test_results_path_names_card_torch_and_date():
+    path = gpu.results_path(Path("benchmarks/results"), "NVIDIA H100 80GB HBM3")
+    today = datetime.date.today().isoformat()
+    assert path.parent == Path("benchmarks/results")
+    assert path.name.startswith("nvidia-h100-80gb-hbm3_torch-") and path.name.endswith(f"_{today}.json")
+
+
+def test_runner_entries_registered_and_cuda_only_refused_on_cpu():
+    for name in ("torch-compile-graph", "torch-compile-streams", "cuda-graph"):
+        assert BACKENDS[name].cuda_only
+        with pytest.raises(ValueError, match="needs --device cuda"):
+            make_runner(name, [], torch.device("cpu"), 1)
+    assert not BACKENDS["torch-stacked"].cuda_only
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-GPU exit")
+def test_gpu_bench_without_cuda_exits_3(capsys):
+    assert gpu.main(["--no-progress"]) == 3
+    assert "no CUDA device" in capsys.readouterr().out
+
+
+def test_latency_cli_times_torch_stacked_on_cpu(tmp_path):
+    out = tmp_path / "lat.json"
+    args = ["latency", "--device", "cpu", "--backend", "torch,torch-stacked", "--batch", "2", "--warmup", "1"]
+    args += ["--budget", "0.01", "--no-progress", "--json", str(out), "--baseline", "cct_1_3x1:dim=32:heads=4"]
+    args += ["--committee", "cct_1_3x1:dim=32:heads=4,cct_1_3x1:dim=32:heads=2,cct_1_3x1:dim=16:heads=2"]
+    assert bench_main(args) == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    stacked = [r for r in rows if r["backend"] == "torch-stacked" and r["members"] == 3]
+    assert len(stacked) == 1 and "2 unit(s) for 3 member(s)" in stacked[0]["note"]
+
+
+def test_torch_stacked_runner_matches_eager_sum():
+    spec = CCTSpec(n_conv=1, n_blocks=1, dim=32, heads=4, num_classes=10, img_size=16)
+    torch.manual_seed(0)
+    models = [CCT(spec).eval(), CCT(spec.replace(heads=2)).eval()]
+    images = np.random.default_rng(0).integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    want = make_runner("torch", models, torch.device("cpu"), 3)
+    got = make_runner("torch-stacked", models, torch.device("cpu"), 3)
+    torch.testing.assert_close(got.run(got.prepare(images)), want.run(want.prepare(images)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
+@pytest.mark.parametrize("name", ["torch-compile-graph", "torch-compile-streams", "cuda-graph"])
+def test_cuda_runners_match_eager_fp32(name):
+    spec = CCTSpec(n_conv=2, n_blocks=1, dim=32, heads=4, num_classes=10, img_size=16)
+    torch.manual_seed(0)
+    models = [CCT(spec).eval(), CCT(spec.replace(heads=8)).eval(), CCT(spec.replace(dim=48, heads=3)).eval()]
+    for m in models:
+        m.fc.weight.data.mul_(30.0)
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 16, 16), dtype=np.uint8)
+    with torch.no_grad():
+        want = sum(m(torch.from_numpy(images)) for m in models)
+    runner = make_runner(name, models, torch.device("cuda"), 8)
+    x = runner.prepare(images)
+    got = runner.run(x).float().cpu()
+    got_again = runner.run(x).float().cpu()  # the replayed graph gives the same answer
+    rel = float((got - want).norm() / want.norm())
+    assert rel <= 2e-2, f"{name}: relative error {rel:.3g}"
+    torch.testing.assert_close(got, got_again)

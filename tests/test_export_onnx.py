@@ -1,0 +1,162 @@
+"""ONNX export: one graph with fused Attention, parity with torch in ORT, a verified manifest."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lsmha.engine import Committee, available_backends
+from lsmha.export import add_entries, file_entry, read_manifest
+from lsmha.export.cli import main as export_main
+from lsmha.export.onnx import export_onnx, op_counts, quantize_int8
+from lsmha.export.verify import verify_export
+from lsmha.models import CCT, CCTSpec
+
+
+def _members():
+    torch.manual_seed(0)
+    base = dict(n_conv=1, n_blocks=1, num_classes=10, img_size=16, attn_dropout=0.0, drop_path=0.0)
+    specs = [
+        CCTSpec(**base, dim=22, heads=2, name="head11"),  # head size 11: zero-padded to 16 inside Attention
+        CCTSpec(**{**base, "n_blocks": 2}, dim=32, heads=(2, 4), name="head16_8"),
+    ]
+    members = [CCT(s).eval() for s in specs]
+    for m in members:  # decisive logits, as a trained model has (untrained ones sit near ties)
+        m.fc.weight.data *= 50
+    return members
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    members = _members()
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(members, out, precisions=("fp32", "fp16"))
+    return members, out
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).integers(0, 256, (7, 3, 16, 16), dtype=np.uint8)
+
+
+def _torch_logits(members, images):
+    with torch.no_grad():
+        return np.stack([m(torch.from_numpy(images)).numpy() for m in members])
+
+
+def test_graph_has_fused_attention_and_no_attention_softmax(exported):
+    members, out = exported
+    model = onnx.load(str(out / "committee.onnx"))
+    counts = op_counts(model)
+    assert counts["Attention"] == 3  # one per block: 1 + 2
+    assert counts["Softmax"] == 2  # SeqPool's, one per member; none for attention
+    assert model.opset_import[0].version == 23
+    batch = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param and not batch.dim_value  # dynamic batch axis
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert [s["name"] for s in json.loads(meta["lsmha.members"])] == ["head11", "head16_8"]
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(
+        ["committee.onnx", "committee.fp16.onnx", "manifest.json", "member0.safetensors", "member1.safetensors"]
+    )
+
+
+def test_onnxruntime_matches_torch_for_batches_1_and_7_from_one_file(exported, images):
+    members, out = exported
+    committee = Committee.load(out, backend="onnxruntime", batch_size=64)
+    assert committee.backend == "onnxruntime[CPUExecutionProvider]"
+    ref = _torch_logits(members, images)
+    for batch in (images[:1], images):
+        got = committee.member_logits(batch)
+        np.testing.assert_allclose(got, ref[:, : len(batch)], rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        np.testing.assert_allclose(committee.predict_logits(batch), ref[:, : len(batch)].sum(0), rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(committee.predict(batch), ref[:, : len(batch)].sum(0).argmax(1))
+    nhwc_float = images.transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    np.testing.assert_array_equal(committee.predict(nhwc_float), committee.predict(images))
+
+
+def test_auto_torch_and_fp16_backends_load_the_same_directory(exported, images):
+    members, out = exported
+    auto = Committee.load(out)
+    assert auto.backend.startswith("onnxruntime[")
+    assert auto.members == ["head11", "head16_8"] and auto.num_classes == 10 and auto.img_size == 16
+    ref = _torch_logits(members, images).sum(0)
+    np.testing.assert_allclose(Committee.load(out, backend="torch").predict_logits(images), ref, rtol=1e-5, atol=1e-4)
+    fp16 = Committee.load(out, backend="onnxruntime", precision="fp16")
+    assert fp16.backend.endswith("[fp16]")
+    assert np.abs(fp16.predict_logits(images) - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert available_backends()["onnxruntime"] is None
+
+
+def test_tampered_file_is_refused(exported, tmp_path):
+    _, out = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / "committee.onnx", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"tampered")
+    with pytest.raises(ValueError, match=r"committee.onnx does not match its sha256"):
+        Committee.load(copy)
+    assert export_main(["verify", str(copy), "--no-progress"]) == 1
+
+
+def test_paths_leaving_the_directory_are_refused(exported, tmp_path):
+    _, out = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    doc["files"][0]["path"] = "../outside.safetensors"
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"'../outside.safetensors' leaves the directory"):
+        read_manifest(copy)
+    doc["files"][0]["path"] = "/etc/passwd"
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"leaves the directory"):
+        Committee.load(copy)
+
+
+def test_verify_reports_parity_and_exits_zero(exported, tmp_path):
+    _, out = exported
+    rows = verify_export(out, count=16, seed=3)
+    assert {(r.file, r.inputs) for r in rows} >= {("committee.onnx", "random"), ("committee.fp16.onnx", "random")}
+    for r in rows:
+        assert r.ok, r
+        if r.precision == "fp32":
+            assert r.rel_error <= 1e-4 and r.top1_agreement == 1.0
+    report = tmp_path / "verify.json"
+    assert export_main(["verify", str(out), "--count", "8", "--json", str(report), "--no-progress"]) == 0
+    assert all(row["ok"] for row in json.loads(report.read_text()))
+
+
+def test_int8_variant_is_an_opt_in_manifest_entry(exported, tmp_path, images):
+    members, out = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    quantize_int8(copy / "committee.onnx", copy / "committee.int8.onnx")
+    entry = read_manifest(copy).find(precision="fp32", scope="committee", format="onnx")[0]
+    int8 = file_entry(copy, "committee.int8.onnx", format="onnx", precision="int8", scope="committee",
+                      inputs=entry.inputs, outputs=entry.outputs, opset=entry.opset)  # fmt: skip
+    add_entries(copy, [int8])
+    assert Committee.load(copy).backend == "onnxruntime[CPUExecutionProvider]"  # fp32 stays the default
+    committee = Committee.load(copy, backend="onnxruntime", precision="int8")
+    assert committee.backend.endswith("[int8]")
+    ref = _torch_logits(members, images).sum(0)
+    assert np.abs(committee.predict_logits(images) - ref).max() <= 0.1 * np.abs(ref).max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and onnxruntime-gpu")
+def test_cuda_provider_with_io_binding(exported, images):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)")
+    members, out = exported
+    committee = Committee.load(out, backend="onnxruntime", device="cuda")
+    assert committee.backend == "onnxruntime[CUDAExecutionProvider]"
+    ref = _torch_logits(members, images).sum(0)
+    np.testing.assert_allclose(committee.predict_logits(images), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())

@@ -1,0 +1,116 @@
+"""Recipe presets and TOML, the per-epoch schedule, augmentation, loss, and the paper's member lists."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lsmha.models import PAPER_COMMITTEES, model_spec
+from lsmha.training import (
+    AugmentConfig,
+    BatchAugment,
+    EpochSchedule,
+    Recipe,
+    load_committee_config,
+    load_recipe,
+    soft_target_cross_entropy,
+)
+
+
+def test_presets_are_the_papers():
+    backbone, head = load_recipe("backbone"), load_recipe("head")
+    assert (backbone.lr, backbone.weight_decay, backbone.schedule, backbone.batch_size) == (6e-4, 6e-2, "cosine", 128)
+    assert (head.lr, head.weight_decay, head.schedule, head.step_q, head.step_dt) == (1e-3, 6e-2, "step", 0.78, 10)
+
+
+def test_toml_recipe_with_unknown_key_fails(tmp_path):
+    good = tmp_path / "r.toml"
+    good.write_text('[recipe]\npreset = "head"\nepochs = 7\nmixup_alpha = 0.0\n')
+    r = load_recipe(str(good))
+    assert (r.epochs, r.lr, r.mixup_alpha) == (7, 1e-3, 0.0)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = 1e-3\nlearning_rate = 2e-3\n")
+    with pytest.raises(ValueError, match=r"unknown recipe key\(s\) \['learning_rate'\]"):
+        load_recipe(str(bad))
+    with pytest.raises(ValueError, match="unknown recipe key"):
+        Recipe().replace(momentum=0.9)
+    with pytest.raises(ValueError, match="schedule must be"):
+        Recipe(schedule="linear")
+
+
+def _opt() -> torch.optim.Optimizer:
+    return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+
+
+def test_cosine_anneals_lr_and_weight_decay_together():
+    r = Recipe(epochs=10, lr=6e-4, weight_decay=6e-2)
+    opt = _opt()
+    s = EpochSchedule(opt, r)
+    for e in (0, 3, 9):
+        lr, wd = s.set_epoch(e)
+        f = 0.5 * (1 + math.cos(math.pi * e / 10))
+        assert lr == pytest.approx(6e-4 * f) and wd == pytest.approx(6e-2 * f)
+        assert opt.param_groups[0]["lr"] == lr and opt.param_groups[0]["weight_decay"] == wd
+    warm = EpochSchedule(_opt(), Recipe(epochs=10, warmup_epochs=2))
+    assert warm.set_epoch(0)[0] == pytest.approx(6e-4 / 3) and warm.set_epoch(2)[0] == pytest.approx(6e-4)
+
+
+def test_stepped_schedule_multiplies_by_q_every_dt():
+    s = EpochSchedule(_opt(), load_recipe("head"))
+    assert [s.set_epoch(e)[0] for e in (0, 9, 10, 25)] == pytest.approx([1e-3, 1e-3, 7.8e-4, 1e-3 * 0.78**2])
+    assert s.set_epoch(55)[1] == 6e-2
+
+
+def test_soft_target_cross_entropy_matches_hard_labels():
+    logits, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
+    assert torch.allclose(soft_target_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels))
+
+
+def test_augmentation_is_switchable_and_gives_soft_targets():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(8) % 4
+    off = BatchAugment(AugmentConfig(randaugment=False, erasing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0), 4)
+    x, t = off(images, labels)
+    assert torch.equal(x, images.float()) and torch.equal(t, F.one_hot(labels, 4).float())
+    full = BatchAugment(AugmentConfig(label_smoothing=0.1, groups=4), 4)
+    x, t = full(images, labels)
+    assert x.shape == images.shape and x.dtype == torch.float32 and not torch.equal(x, images.float())
+    assert torch.allclose(t.sum(1), torch.ones(8)) and t.min() > 0  # smoothed, mixed
+    mixup = BatchAugment(AugmentConfig(randaugment=False, erasing=0.0, cutmix_alpha=0.0), 4)
+    _, t = mixup(images, labels)
+    assert (t.max(1).values < 1).all()  # every target is a blend of two labels
+
+
+def _normalised(overrides: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in overrides.items()}
+
+
+@pytest.mark.parametrize("table", ["table5", "table6", "table7"])
+def test_committee_tomls_agree_with_the_papers_member_lists(table):
+    config = load_committee_config(table)
+    assert [(m.model, _normalised(m.overrides)) for m in config.members] == [
+        (name, _normalised(o)) for name, o in PAPER_COMMITTEES[table]
+    ]
+    for m in config.members:
+        model_spec(m.model, **m.overrides)
+
+
+def test_table4_and_table7_epochs():
+    t4 = load_committee_config("table4")
+    assert [(m.model, m.overrides["heads"], m.overrides["dim"]) for m in t4.members] == [
+        ("cct_2_3x5", 4, 256),
+        ("cct_2_3x5", 16, 256),
+        ("cct_2_3x5", 32, 512),
+        ("cct_2_3x5", 64, 1024),
+    ]
+    assert [m.epochs for m in load_committee_config("table7").members] == [1000, 3000, 1000, 1000, 1000] + [
+        1000,
+        2000,
+        1000,
+        2000,
+        2000,
+    ]
