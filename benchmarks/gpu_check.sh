@@ -8,7 +8,7 @@
 #    compiled members in one multi-stream graph, against the cuda-graph engine, for CCT-7/3x1 and
 #    the Table 6 (5) and Table 7 (10) committees at batches 1, 8, 64, 256, then the engine's levers
 #    at batch 1; it starts no new job past its deadline, so the whole check stays under TOTAL_S
-#    seconds (default 360);
+#    seconds (default 350);
 # 3. a short table last: each step's status, then the bench summary and the issue's targets.
 # JSON: benchmarks/results/<card>_torch-<version>_<date>.json.
 #
@@ -17,7 +17,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-TOTAL_S=${TOTAL_S:-360}
+TOTAL_S=${TOTAL_S:-350}
 TESTS_S=${TESTS_S:-120}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi

@@ -134,3 +134,21 @@ def test_analyse_block_record_round_trips(tiny_spec, tmp_path):
     np.testing.assert_array_equal(back.weight, result.weight)
     assert (back.block, back.at, back.heads, back.attn_acc, back.meta) == (1, "attn", 4, result.attn_acc, result.meta)
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_analyse_block_on_cuda_matches_cpu_tokens(tiny_spec):
+    model = CCT(tiny_spec).eval()
+    images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(20) % 10
+    on_gpu = token_source(model, images, block=2, at="attn", device="cuda", progress=False)
+    index = torch.tensor([3, 0, 7])
+    gpu_tokens = on_gpu.tokens(index).cpu()
+    with torch.no_grad():
+        cpu_tokens = model.cpu().forward_truncated(images[index], 2, "attn")
+    torch.testing.assert_close(gpu_tokens, cpu_tokens, rtol=1e-3, atol=1e-3)
+    result = analyse_block(
+        model, (images, labels), (images, labels), 2, 10, recipe=HeadRecipe(epochs=2), device="cuda", progress=False
+    )
+    assert result.raw.shape == (4, 10, 10) and np.isfinite(result.raw).all()

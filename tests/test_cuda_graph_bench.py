@@ -25,7 +25,7 @@ def _rows():
         _row("cct_7_3x1", "cuda-graph", 1, 0.15),
         _row("cct_7_3x1", "cuda-graph", 256, 3.0),
         _row("committee-5", "torch-compile-graph", 1, 0.37),
-        _row("committee-5", "cuda-graph", 1, 0.20),
+        _row("committee-5", "cuda-graph", 1, 0.12),
         _row("committee-5", "cuda-graph", 256, 20.0),
         _row("committee-5", "torch-bf16", 256, 32.0),
     ]
@@ -49,7 +49,7 @@ def test_targets_crossover_and_summary():
     rows = _rows()
     t = {x["goal"] + x["target"][:12]: x for x in gpu.targets(rows)}
     values = [(round(x["value"], 4), x["met"]) for x in t.values()]
-    assert values == [(round(0.20 / 0.27, 4), True), (round(0.27 / 0.15, 4), True), (1.6, True)]
+    assert values == [(round(0.12 / 0.27, 4), True), (round(0.27 / 0.15, 4), True), (1.6, True)]
     assert gpu.crossover(rows) == {"committee-5": {"torch-compile-graph": None, "cuda-graph": 1}}
     missing = gpu.targets(rows[:2])
     assert [x["met"] for x in missing] == [None, True, None]
@@ -58,7 +58,7 @@ def test_targets_crossover_and_summary():
     result = {"rows": [asdict(r) for r in rows], "crossover": gpu.crossover(rows)}
     table = gpu.summary_table(result)
     assert table.splitlines()[0].split()[:3] == ["backend", "CCT-7", "b1"]
-    assert "cuda-graph" in table and "0.741" in table
+    assert "cuda-graph" in table and "0.8" in table
 
 
 def test_results_path_names_card_torch_and_date():
@@ -74,6 +74,44 @@ def test_runner_entries_registered_and_cuda_only_refused_on_cpu():
         with pytest.raises(ValueError, match="needs --device cuda"):
             make_runner(name, [], torch.device("cpu"), 1)
     assert not BACKENDS["torch-stacked"].cuda_only
+
+
+TINY = {
+    "cct_7_3x1": "cct_7_3x1:dim=32:heads=4:n_blocks=2:img_size=16",
+    "committee-5": "cct_2_3x2:dim=32:heads=4:img_size=16,cct_2_3x2:dim=32:heads=2:img_size=16",
+    "committee-10": "cct_1_3x1:dim=16:heads=2:img_size=16",
+}
+
+
+@pytest.mark.skipif(CUDA, reason="checks the harness on CPU, where the engine's lever jobs must fail")
+def test_run_comparison_on_cpu_rows_ratios_errors_and_partials():
+    partials = []
+    result = gpu.run_comparison(
+        ["torch", "torch-stacked"], [1, 2], torch.device("cpu"), deadline_s=600, warmup=1, budget_s=0.0,
+        progress=False, on_job=partials.append, groups=TINY,
+    )  # fmt: skip
+    rows = result["rows"]
+    assert [(r["model"], r["backend"], r["batch"]) for r in rows[:4]] == [
+        ("cct_7_3x1", "torch", 1), ("cct_7_3x1", "torch", 2), ("cct_7_3x1", "torch-stacked", 1),
+        ("cct_7_3x1", "torch-stacked", 2),
+    ]  # fmt: skip
+    assert len(rows) == 12 and all(r["pct_peak"] is None and r["tflops"] > 0 for r in rows)
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows if r["model"] == "cct_7_3x1")
+    # the engine's lever jobs need CUDA: each fails alone, is reported, and the rest still ran
+    assert len(result["errors"]) == 2 * len(gpu.LEVERS) and result["ablation"] == []
+    assert all("BackendUnavailable" in e and "needs a CUDA GPU" in e for e in result["errors"])
+    assert rows[-1]["model"] == "committee-10"  # the ten-member group runs after the ablation
+    assert len(partials) == 2 * 2 + 2 * len(gpu.LEVERS) + 2 and len(partials[0]["rows"]) == 2
+    assert [t["met"] for t in result["targets"]] == [None, None, None]
+
+
+def test_run_comparison_stops_at_the_deadline():
+    result = gpu.run_comparison(
+        ["torch"], [1], torch.device("cpu"), deadline_s=0.0, warmup=1, budget_s=0.0, ablation=False,
+        progress=False, groups=TINY,
+    )  # fmt: skip
+    assert result["rows"] == [] and len(result["skipped"]) == 3
+    assert all("past the 0 s deadline" in s for s in result["skipped"])
 
 
 @pytest.mark.skipif(CUDA, reason="checks the no-GPU exit")

@@ -49,6 +49,7 @@ def test_package_entry_records_what_it_is_tied_to(committee_dir):
     assert entry.versions["torch"] == torch.__version__
     assert entry.extra["device"] == "cpu" and entry.extra["cpu_isa"] == target_facts("cpu")["cpu_isa"]
     assert entry.extra["max_batch"] == 64 and entry.extra["compile_s"] > 0
+    assert entry.extra["threads"] == torch.get_num_threads()  # baked into the CPU kernels
     assert [t.name for t in entry.outputs] == ["logits", "member_logits"]
     manifest = read_manifest(directory)  # hashes verified
     assert [e.format for e in manifest.files] == ["safetensors"] * 3 + ["pt2"]

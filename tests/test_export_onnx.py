@@ -160,3 +160,20 @@ def test_cuda_provider_with_io_binding(exported, images):
     assert committee.backend == "onnxruntime[CUDAExecutionProvider]"
     ref = _torch_logits(members, images).sum(0)
     np.testing.assert_allclose(committee.predict_logits(images), ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+
+
+def test_3d_attention_rewrite_keeps_the_arithmetic(exported, images):
+    from lsmha.engine.backends.onnxruntime_backend import OnnxSession
+    from lsmha.export.rewrite import attention_to_3d
+
+    _, out = exported
+    model, rewritten = attention_to_3d(onnx.load(str(out / "committee.onnx")))
+    assert rewritten == 2  # member 1's two blocks; member 0's padded head-11 block stays 4-D
+    counts = op_counts(model)
+    assert counts["Attention"] == 3 and counts["Split"] == 2 and counts["Softmax"] == 2
+    onnx.checker.check_model(model)
+    x = images.astype(np.float32)
+    plain, fast = OnnxSession(out / "committee.onnx", "cpu", rewrite=False), OnnxSession(out / "committee.onnx", "cpu")
+    assert fast.rewritten == 2 and plain.rewritten == 0
+    for a, b in zip(plain.run(x), fast.run(x)):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)

@@ -38,7 +38,11 @@ def test_synthetic_is_seeded_and_sized():
 
 def _fake_cifar(n: int, seed: int) -> tuple[np.ndarray, list[int], list[int]]:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 100, n).tolist(), rng.integers(0, 20, n).tolist()
+    return (
+        rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        rng.integers(0, 100, n).tolist(),
+        rng.integers(0, 20, n).tolist(),
+    )
 
 
 def test_cifar100_python_and_binary_layouts_agree(tmp_path):

@@ -66,7 +66,9 @@ def test_stepped_schedule_multiplies_by_q_every_dt():
 
 def test_soft_target_cross_entropy_matches_hard_labels():
     logits, labels = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
-    assert torch.allclose(soft_target_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels))
+    assert torch.allclose(
+        soft_target_cross_entropy(logits, F.one_hot(labels, 5).float()), F.cross_entropy(logits, labels)
+    )
 
 
 def test_augmentation_is_switchable_and_gives_soft_targets():

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="trained model (.safetensors written by lsmha.save)")
-    p.add_argument("--dataset", default="cifar100", choices=("cifar100", "digits", "synthetic"))
+    p.add_argument("--dataset", default="cifar100", choices=("cifar100", "digits", "synthetic"), help="data set")
     p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (cifar100 only)")
     p.add_argument("--blocks", default="all", help="blocks to analyse: all, M, A-B or 1,3,5-7")
     p.add_argument("--threshold", type=float, nargs="+", default=[0.3, 0.6], help="thresholds θ in [0, 1)")
@@ -67,13 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", type=float, default=1e-3, help="classifier-head AdamW learning rate η")
     p.add_argument("--head-weight-decay", type=float, default=6e-2, help="classifier-head AdamW weight decay α")
     p.add_argument("--batch-size", type=int, default=128, help="classifier-head batch size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and batch order")
     p.add_argument("--limit-train", type=int, default=None, help="use the first N training images")
     p.add_argument("--limit-val", type=int, default=None, help="use the first N validation images")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (none: torch's choice)")
     p.add_argument("--cache-gb", type=float, default=8.0, help="token cache budget per split; beyond it recompute")
-    p.add_argument("--cache-dtype", choices=tuple(CACHE_DTYPES), default="float32", help="token cache storage type")
+    p.add_argument(
+        "--cache-dtype",
+        choices=("auto", *CACHE_DTYPES),
+        default="auto",
+        help="token cache storage type; auto: float16 on CUDA, float32 on CPU",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--recompute", action="store_true", help="ignore stored blocks and measure again")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -107,6 +112,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(err))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
+    cache_name = args.cache_dtype
+    if cache_name == "auto":
+        cache_name = "float16" if torch.device(device).type == "cuda" else "float32"
+    cache_dtype = CACHE_DTYPES[cache_name]
     labels = num_classes(args.dataset)
     train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit_train)
     val = load_dataset(args.dataset, "val", args.data_dir, limit=args.limit_val)
@@ -139,7 +148,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             recipe=recipe,
             device=device,
             cache_bytes=args.cache_gb * 2**30,
-            cache_dtype=CACHE_DTYPES[args.cache_dtype],
+            cache_dtype=cache_dtype,
             progress=not args.quiet,
             meta=meta,
         )

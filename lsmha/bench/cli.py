@@ -13,6 +13,7 @@ import torch
 from ..models import committee_specs, parse_committee
 from .backends import BACKENDS, default_backends
 from .latency import crossover, machine_facts, rows_as_dicts, run_latency
+from .serve import add_serve_parser
 from .table import format_table
 
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsmha-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_latency_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

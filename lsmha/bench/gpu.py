@@ -11,7 +11,7 @@ Then an ablation of the engine's levers at batch 1, and the issue's three target
 Jobs run in priority order (CCT-7/3x1, Table 6, ablation, Table 7) and stop starting
 new work past `--deadline` seconds; skipped jobs are listed, never silently dropped.
 Weights are random: latency does not depend on trained values.
-Exit: 0 ran, 1 failed, 2 bad usage, 3 no CUDA device (nothing measured).
+Exit: 0 ran, 1 a job failed (the others still ran), 2 bad usage, 3 no CUDA device (nothing measured).
 
 This module also holds the runner factories behind `lsmha-bench latency --backend`
 torch-stacked, torch-compile-graph, torch-compile-streams and cuda-graph.
@@ -25,6 +25,8 @@ import json
 import re
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -226,18 +228,23 @@ def run_comparison(
     seed: int = 0,
     ablation: bool = True,
     progress: bool = True,
+    on_job: Callable[[dict[str, Any]], None] | None = None,
+    groups: dict[str, str] = GROUPS,
 ) -> dict[str, Any]:
     """Time every (group, backend, batch) and the engine's levers at batch 1, until `deadline_s`.
 
-    Returns {"rows", "ablation", "skipped", "crossover", "targets"} (rows as dicts)."""
+    Returns {"rows", "ablation", "skipped", "errors", "crossover", "targets"} (rows as dicts); `on_job`
+    receives that partial result after each job (so a killed run still leaves its rows).
+    `groups` maps the three keys of `GROUPS` to committee strings (tests use tiny members)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    peak = bf16_peak_tflops(torch.cuda.get_device_name(device))
+    peak = bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rng = np.random.default_rng(seed)
     rows: list[GpuRow] = []
     lever_rows: list[GpuRow] = []
     skipped: list[str] = []
+    errors: list[str] = []
     # priority order: what the targets need first, the ablation before the ten-member committee
     plan = [("main", g, b, batches) for g in (BASELINE, "committee-5") for b in backends]
     if ablation:
@@ -249,21 +256,31 @@ def run_comparison(
             skipped += [f"{kind} {group} {name} batch {b}: past the {deadline_s:.0f} s deadline" for b in sizes]
             bar.update(len(sizes))
             continue
-        members = _members(GROUPS[group], seed)
-        if kind == "main":
-            runner, out = make_runner(name, members, device, max(sizes)), rows
-        else:
-            runner, out = cuda_graph_engine(members, device, 1, **LEVERS[name]), lever_rows
-        for batch in sizes:
-            if time.perf_counter() - start > deadline_s:
-                skipped.append(f"{kind} {group} {name} batch {batch}: past the {deadline_s:.0f} s deadline")
+        try:  # one broken job is reported (traceback on stderr, listed in "errors"), the others still run
+            members = _members(groups[group], seed)
+            if kind == "main":
+                runner, out = make_runner(name, members, device, max(sizes)), rows
             else:
-                bar.set_postfix_str(f"{group} {name} b{batch}")
-                out.append(_time_row(group, members, name, runner, batch, device, warmup, budget_s, peak, rng))
-            bar.update()
-        del runner, members
+                runner, out = cuda_graph_engine(members, device, 1, **LEVERS[name]), lever_rows
+            for batch in sizes:
+                if time.perf_counter() - start > deadline_s:
+                    skipped.append(f"{kind} {group} {name} batch {batch}: past the {deadline_s:.0f} s deadline")
+                else:
+                    bar.set_postfix_str(f"{group} {name} b{batch}")
+                    out.append(_time_row(group, members, name, runner, batch, device, warmup, budget_s, peak, rng))
+                bar.update()
+        except Exception as err:
+            traceback.print_exc()
+            errors.append(f"{kind} {group} {name}: {type(err).__name__}: {err}")
+        runner = members = None
         torch.cuda.empty_cache()
+        if on_job:
+            on_job(_result(rows, lever_rows, skipped, errors))
     bar.close()
+    return _result(rows, lever_rows, skipped, errors)
+
+
+def _result(rows: list[GpuRow], lever_rows: list[GpuRow], skipped: list[str], errors: list[str]) -> dict[str, Any]:
     base = {(r.backend, r.batch): r.median_ms for r in rows if r.model == BASELINE}
     for r in rows:
         r.ratio_vs_baseline = r.median_ms / base[(r.backend, r.batch)] if (r.backend, r.batch) in base else None
@@ -273,7 +290,8 @@ def run_comparison(
     return {
         "rows": [asdict(r) for r in rows],
         "ablation": [asdict(r) for r in lever_rows],
-        "skipped": skipped,
+        "skipped": list(skipped),
+        "errors": list(errors),
         "crossover": crossover(rows),
         "targets": targets(rows),
     }
@@ -383,10 +401,19 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     peak = bf16_peak_tflops(name)
     print(f"lsmha gpu bench on {name} (bf16 dense peak {peak or 'unknown'} TFLOP/s), torch {torch.__version__}, "
           f"CUDA {torch.version.cuda}; random weights; deadline {args.deadline:.0f} s")  # fmt: skip
+    facts = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "bf16_peak_tflops": peak,
+             "date": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
+    path = args.json or results_path(args.results_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(result: dict[str, Any], complete: bool) -> None:
+        path.write_text(json.dumps({"facts": facts, "complete": complete, **result}, indent=2) + "\n")
+
     result = run_comparison(
         backends, args.batch, device, args.deadline, args.warmup, args.budget, args.seed,
-        not args.no_ablation, not args.no_progress,
+        not args.no_ablation, not args.no_progress, on_job=lambda partial: write(partial, False),
     )  # fmt: skip
+    write(result, True)
     headers = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "TFLOP/s", "% peak", "vs CCT-7"]
     keys = ["model", "backend", "batch", "median_ms", "p90_ms", "images_per_s", "tflops", "pct_peak"]
     print(format_table(headers, [[r[k] for k in keys] + [r["ratio_vs_baseline"]] for r in result["rows"]]))
@@ -396,19 +423,16 @@ def cmd_gpu(args: argparse.Namespace) -> int:
                            [[r[k] for k in keys] + [r["ratio_vs_baseline"]] for r in result["ablation"]]))  # fmt: skip
     for line in result["skipped"]:
         print(f"skipped: {line}")
+    for line in result["errors"]:
+        print(f"FAILED: {line}")
     print("\nsummary (ratio = committee / CCT-7/3x1, same backend and batch; crossover = largest batch still faster)")
     print(summary_table(result))
     for t in result["targets"]:
         verdict = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT MET")
         value = "-" if t["value"] is None else f"{t['value']:.3f}"
         print(f"target {t['goal']:>6}: {t['target']}: {value} {verdict}")
-    facts = {"gpu": name, "torch": torch.__version__, "cuda": torch.version.cuda, "bf16_peak_tflops": peak,
-             "date": datetime.datetime.now().isoformat(timespec="seconds")}  # fmt: skip
-    path = args.json or results_path(args.results_dir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"facts": facts, **result}, indent=2) + "\n")
     print(f"wrote {path}")
-    return 0
+    return 1 if result["errors"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -178,6 +178,8 @@ def export_aoti(
     if scope == COMMITTEE:
         outputs.append(TensorInfo("member_logits", "float32", (len(specs), "batch", s.num_classes)))
     extra = {k: v for k, v in facts.items() if k != "torch"}
+    if facts["device"] == "cpu":
+        extra["threads"] = torch.get_num_threads()  # inductor bakes the OpenMP thread count into CPU kernels
     return file_entry(
         directory, path, format=FORMAT, precision=precision, scope=scope, inputs=inputs, outputs=outputs,
         versions={"torch": facts["torch"]}, max_batch=max_batch, compile_s=round(compile_s, 2), **extra,

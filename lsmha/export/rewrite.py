@@ -72,7 +72,9 @@ def attention_to_3d(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         heads = q_shape[1]
         qkv = reshape_in.input[0]
         names = [f"{att.output[0]}_{c}3d" for c in "qkv"]
-        split = helper.make_node("Split", [qkv], names, axis=-1, num_outputs=3, name=f"{att.name or att.output[0]}_split")
+        split = helper.make_node(
+            "Split", [qkv], names, axis=-1, num_outputs=3, name=f"{att.name or att.output[0]}_split"
+        )
         attrs = {k: v for k, v in _attrs(att).items() if k not in ("q_num_heads", "kv_num_heads")}
         new_att = helper.make_node(
             "Attention", names, [out_r.output[0]], name=f"{att.name or att.output[0]}_3d",

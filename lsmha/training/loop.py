@@ -132,7 +132,12 @@ def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
     return [r for r in rows if r["epoch"] <= upto]
 
 
@@ -238,6 +243,9 @@ def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
         }
         rngs = gather_rng_states(ctx)
         if ctx.is_main:
+            # metrics line first: a crash between the two redoes this epoch and rewrites its line
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
             save_state(
                 out / STATE_FILE,
                 {
@@ -248,8 +256,6 @@ def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
                     "rng": rngs,
                 },
             )
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
             tqdm.write(
                 f"epoch {epoch + 1}/{recipe.epochs}: train loss {row['train_loss']:.4f}, "
                 f"val acc {val_acc:.4f}, lr {lr:.2e}, {row['images_per_s']:.0f} img/s"

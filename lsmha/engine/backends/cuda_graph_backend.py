@@ -22,6 +22,7 @@ each is an option here so it can be switched off: stack, streams, compile.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -244,24 +245,27 @@ class CudaGraphCommittee:
 
 
 class CudaGraphBackend(Backend):
-    """`Backend` over a `CudaGraphCommittee`: numpy in, numpy out."""
+    """`Backend` over a `CudaGraphCommittee`: numpy in, numpy out. Calls are serialised by a
+    lock: the graphs' static buffers hold one batch at a time."""
 
     def __init__(self, engine: CudaGraphCommittee) -> None:
         self.engine = engine
         self.name = engine.name
         self.num_members = engine.num_members
         self.max_batch = engine.max_batch
+        self._lock = threading.Lock()
 
-    def _run(self, images: np.ndarray) -> tuple[Any, Any]:
+    def _run(self, images: np.ndarray, which: int) -> np.ndarray:
         import torch
 
-        return self.engine.run(torch.from_numpy(images).to(self.engine.device))
+        with self._lock:
+            return self.engine.run(torch.from_numpy(images).to(self.engine.device))[which].cpu().numpy()
 
     def member_logits(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[0].cpu().numpy()
+        return self._run(images, 0)
 
     def logits(self, images: np.ndarray) -> np.ndarray:
-        return self._run(images)[1].cpu().numpy()
+        return self._run(images, 1)
 
     def close(self) -> None:
         self.engine.close()

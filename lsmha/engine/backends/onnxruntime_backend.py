@@ -1,11 +1,12 @@
 """The ONNX Runtime backend: the exported committee graph (or one graph per member).
 
-Session options: every graph optimisation (ORT_ENABLE_ALL, the optimised graph
-cached next to the export so later loads skip it), sequential execution, intra-op
-threads = physical cores, spinning threads. On a machine with the CUDA provider
-the graph runs there with I/O binding; otherwise on the CPU. ORT falls back to
-the CPU silently when a provider fails, so `name` reports the provider the
-session actually holds.
+Graph: each block's attention as one 3-D `Attention` node (`lsmha.export.rewrite`,
+applied in memory, the file untouched). Session options: every graph optimisation
+(ORT_ENABLE_ALL), sequential execution, intra-op threads = physical cores,
+spinning threads, denormals as zero. On a machine with the CUDA provider the
+graph runs there with I/O binding; otherwise on the CPU. ORT falls back to the
+CPU silently when a provider fails, so `name` reports the provider the session
+actually holds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def session_options(threads: int | None = None, optimized_path: Path | None = None) -> Any:
+def session_options(threads: int | None = None) -> Any:
     """The tuned `SessionOptions` (see module docstring)."""
     import onnxruntime as ort
 
@@ -54,8 +55,7 @@ def session_options(threads: int | None = None, optimized_path: Path | None = No
     so.intra_op_num_threads = threads or physical_cores()
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    if optimized_path is not None:
-        so.optimized_model_filepath = str(optimized_path)
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     return so
 
 
@@ -79,13 +79,28 @@ def providers(device: str | None) -> list[Any]:
 
 
 class OnnxSession:
-    """One ONNX file in one InferenceSession, fed float32 images, with I/O binding on CUDA."""
+    """One ONNX file in one InferenceSession, fed float32 images, with I/O binding on CUDA.
 
-    def __init__(self, path: Path, device: str | None = None, threads: int | None = None) -> None:
+    With `rewrite` (default) the graph is loaded and each block's 4-D `Attention` with
+    its Reshape/Transpose/Slice/Squeeze plumbing becomes one Split + 3-D `Attention`
+    (`lsmha.export.rewrite`; same arithmetic) before ORT's own optimisations; the
+    file on disk, whose hash the manifest holds, is untouched.
+    """
+
+    def __init__(self, path: Path, device: str | None = None, threads: int | None = None, rewrite: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = path
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+        self.rewritten = 0
+        model: str | bytes = str(path)
+        if rewrite:
+            import onnx
+
+            from ...export.rewrite import attention_to_3d
+
+            proto, self.rewritten = attention_to_3d(onnx.load(str(path)))
+            model = proto.SerializeToString()
+        self.session = ort.InferenceSession(model, session_options(threads), providers=providers(device))
         self.provider = self.session.get_providers()[0]
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -151,6 +166,7 @@ def open(
     precision: str = "fp32",
     device: str | None = None,
     threads: int | None = None,
+    rewrite: bool = True,
     **options: Any,
 ) -> OnnxRuntimeBackend:
     """Open the exported ONNX files of `source` in ONNX Runtime.
@@ -160,11 +176,12 @@ def open(
             (ORT dynamic int8 quantisation of MatMul/Gemm; see `lsmha.export.onnx`).
         device: "cpu", "cuda[:N]" or None (CUDA when present).
         threads: intra-op threads (default: physical cores).
+        rewrite: run attention as 3-D `Attention` nodes (see `OnnxSession`).
     """
     if options:
         raise BackendUnavailable(f"onnxruntime backend: unknown option(s) {sorted(options)}")
     if precision not in VARIANTS:
         raise BackendUnavailable(f"onnxruntime backend runs {VARIANTS}, asked for precision={precision!r}")
     entries, whole = pick_files(source, precision)
-    sessions = [OnnxSession(source.manifest.path_of(e), device, threads) for e in entries]
+    sessions = [OnnxSession(source.manifest.path_of(e), device, threads, rewrite) for e in entries]
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)
