@@ -48,7 +48,9 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         help="members: a paper committee (table5, table6, table7), its first k (table6:5), "
         "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1",
     )
-    p.add_argument("--baseline", default="cct_7_3x1", help="the model the committee is compared against, name[:field=value...]")
+    p.add_argument(
+        "--baseline", default="cct_7_3x1", help="the model the committee is compared against, name[:field=value...]"
+    )
     p.add_argument(
         "--backend",
         type=_name_list,

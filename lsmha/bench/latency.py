@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ def run_latency(
             spec = specs[0]
             images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
             prepared = runner.prepare(images)
-            timing = time_call(lambda: runner.run(prepared), str(device), warmup=warmup, budget_s=budget_s)
+            timing = time_call(partial(runner.run, prepared), str(device), warmup=warmup, budget_s=budget_s)
             seconds = timing.median_ms / 1e3
             rows.append(
                 LatencyRow(
