@@ -184,7 +184,7 @@ BACKENDS: dict[str, BackendEntry] = {
 def default_backends(device: torch.device) -> list[str]:
     """What `lsmha-bench latency` times when `--backend` is not given."""
     if device.type == "cuda":
-        return ["torch", "torch-bf16", "torch-cuda-graph"]
+        return ["torch", "torch-bf16", "torch-compile-graph", "cuda-graph"]
     return ["torch"]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ..models import committee_specs, parse_committee
 from .backends import BACKENDS, default_backends
+from .gpu import add_gpu_parser
 from .latency import crossover, machine_facts, rows_as_dicts, run_latency
 from .serve import add_serve_parser
 from .table import format_table
@@ -56,9 +57,11 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         type=_name_list,
         default=None,
         help=f"comma-separated backends among {', '.join(BACKENDS)} (default: torch on CPU; "
-        "torch, torch-bf16, torch-cuda-graph on CUDA)",
+        "torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
     )
-    p.add_argument("--batch", type=_int_list, default=None, help="batch sizes (default: 1,32 on CPU; 1,16,256 on CUDA)")
+    p.add_argument(
+        "--batch", type=_int_list, default=None, help="batch sizes (default: 1,32 on CPU; 1,8,64,256 on CUDA)"
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto picks cuda when present")
     p.add_argument("--num-classes", type=int, default=100, help="output labels of every model")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
@@ -92,7 +95,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    batches = args.batch or ([1, 16, 256] if device.type == "cuda" else [1, 32])
+    batches = args.batch or ([1, 8, 64, 256] if device.type == "cuda" else [1, 32])
     committee_name = f"committee({args.committee})"
     groups = {args.baseline: [baseline], committee_name: members}
     facts = machine_facts(device)
@@ -133,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_latency_parser(sub)
     add_serve_parser(sub)
+    add_gpu_parser(sub)
     return parser
 
 
