@@ -14,7 +14,11 @@ capability (CUDA). Those are recorded in the manifest entry and checked at load
     lsmha-export aoti runs/export            # committee.cpu.pt2 next to committee.onnx
     Committee.load("runs/export", backend="aoti")
 
-Measured (2 shared AMD EPYC cores, torch 2.14.1): see the README's export table.
+CPU kernels have the OpenMP thread count of the compiling process baked in
+(recorded as `threads`). Measured on 2 shared AMD EPYC cores, torch 2.14.1:
+compiling CCT-7/3x1 or a 3-member committee takes about 100 s; CCT-7/3x1 at
+batch 1 runs in about 24 ms against 27-35 ms in torch eager (interleaved, after
+warm-up); parity with torch fp32 is within 6e-7 relative.
 """
 
 from __future__ import annotations

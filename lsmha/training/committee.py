@@ -28,7 +28,7 @@ from ..engine.metrics import accuracy, agreement_matrix, mean_agreement, soft_co
 from ..models import CCTSpec, model_spec, write_committee
 from .data import num_classes
 from .distributed import DistContext
-from .loop import RunConfig, train
+from .loop import RunConfig, check_config, train
 from .recipe import CONFIG_DIR, Recipe, read_toml
 
 MEMBER_META = ("model", "epochs", "paper_accuracy")
@@ -120,6 +120,8 @@ def train_committee(runs: list[RunConfig], out: Path, ctx: DistContext | None = 
     """Train (or resume, or skip when finished) every member, then write `committee.json`
     and return the report (rank 0 writes)."""
     ctx = ctx or DistContext()
+    for run in runs:  # every member's directory is checked before the first one trains
+        check_config(run)
     results = [train(run, ctx) for run in runs]
     logits = np.stack([np.load(r.out / "val_logits.npy") for r in results])
     labels = np.load(results[0].out / "val_labels.npy")

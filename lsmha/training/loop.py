@@ -206,7 +206,7 @@ def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
         sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
         t0 = time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not (cfg.progress and ctx.is_main))
-        for idx in bar:
+        for step, idx in enumerate(bar):
             x = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
             y = train_y[idx].to(device, non_blocking=True)
             x, targets = augment(x, y)
@@ -224,7 +224,8 @@ def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
                     torch.tensor(n, dtype=torch.float64, device=device),
                 ]
             )
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if not bar.disable and step % 10 == 0:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         sums = all_reduce_sum(ctx, sums)
         train_time = time.perf_counter() - t0
         val_logits = predict_logits(model, val_x, recipe.eval_batch_size, device, amp, ctx)
