@@ -61,3 +61,15 @@ def test_latency_help_explains_every_option():
     text = sub.format_help()
     for opt in ["--committee", "--baseline", "--backend", "--batch", "--device", "--json", "--budget", "--threads"]:
         assert opt in text
+
+
+def test_train_throughput_cli_measures_both_pipelines(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    model = "cct_1_3x1:dim=16:heads=2:num_classes=10:img_size=16"
+    code = main(["train", "--model", model, "--batch-size", "4", "--steps", "1", "--warmup", "0", "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())[model]
+    assert doc["model_only"]["augment"] is False and doc["with_augment"]["augment"] is True
+    assert doc["ratio"] == pytest.approx(doc["with_augment"]["images_per_s"] / doc["model_only"]["images_per_s"])
+    assert "pipeline img/s" in capsys.readouterr().out
+    assert main(["train", "--model", "cct_0_0x0"]) == 2

@@ -185,7 +185,7 @@ def default_backends(device: torch.device) -> list[str]:
     """What `lsmha-bench latency` times when `--backend` is not given."""
     if device.type == "cuda":
         return ["torch", "torch-bf16", "torch-compile-graph", "cuda-graph"]
-    return ["torch"]
+    return ["torch", "onnxruntime"]
 
 
 def make_runner(name: str, models: list[CCT], device: torch.device, max_batch: int) -> Runner:

@@ -16,6 +16,7 @@ from .gpu import add_gpu_parser
 from .latency import crossover, machine_facts, rows_as_dicts, run_latency
 from .serve import add_serve_parser
 from .table import format_table
+from .train import add_train_parser
 
 
 def _int_list(text: str) -> list[int]:
@@ -56,7 +57,7 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         "--backend",
         type=_name_list,
         default=None,
-        help=f"comma-separated backends among {', '.join(BACKENDS)} (default: torch on CPU; "
+        help=f"comma-separated backends among {', '.join(BACKENDS)} (default: torch, onnxruntime on CPU; "
         "torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
     )
     p.add_argument(
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_latency_parser(sub)
     add_serve_parser(sub)
     add_gpu_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

@@ -17,6 +17,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> st
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value >= 100:
             return f"{value:,.0f}"
