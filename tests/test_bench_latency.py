@@ -31,16 +31,17 @@ def test_latency_cli_times_both_groups_and_writes_json(tmp_path, capsys):
     assert "random weights" in text and "ratio" in text
     doc = json.loads(out.read_text())
     rows = doc["rows"]
-    assert [(r["members"], r["batch"]) for r in rows] == [(1, 1), (1, 3), (2, 1), (2, 3)]
-    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows[:2])
+    expected_rows = [(m, b, n) for m in (1, 2) for b in ("torch", "onnxruntime") for n in (1, 3)]
+    assert [(r["members"], r["backend"], r["batch"]) for r in rows] == expected_rows
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows[:4])
     expected = count_params(create_model("cct_1_3x1", dim=32, heads=4)) + count_params(
         create_model("cct_1_3x1", dim=16, heads=2)
     )
-    assert rows[2]["params"] == expected
+    assert rows[4]["params"] == expected
     for r in rows:
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3)
         assert r["p90_ms"] >= r["median_ms"] > 0
-    assert set(doc["crossover"]) == {"torch"}
+    assert set(doc["crossover"]) == {"torch", "onnxruntime"}
 
 
 def test_latency_cli_rejects_bad_usage(capsys):
