@@ -3,8 +3,8 @@
 from .checkpoint import load, load_facts, save
 from .committees import PAPER_COMMITTEES, committee_specs, parse_committee
 from .counting import count_macs, count_params, layer_latency
-from .manifest import read_committee, sha256_file, write_committee
 from .layers import Attention, Block, ConvTokenizer, SeqPool, Standardize
+from .manifest import read_committee, sha256_file, write_committee
 from .model import CCT
 from .registry import create_model, list_models, model_spec
 from .spec import CCTSpec

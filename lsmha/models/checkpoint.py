@@ -83,7 +83,9 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> CCT:
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path}: tensor {key!r} is unreadable (truncated file?): {err}") from err
         if tensor.shape != ref.shape:
-            raise ValueError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the spec needs {tuple(ref.shape)}")
+            raise ValueError(
+                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the spec needs {tuple(ref.shape)}"
+            )
         state[key] = tensor
     model.load_state_dict(state)
     model.facts = json.loads(metadata.get("facts", "{}"))

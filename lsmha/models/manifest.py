@@ -84,6 +84,8 @@ def read_committee(path: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]
         if not ck.is_file():
             raise FileNotFoundError(f"{path}: member checkpoint {member['checkpoint']} is missing")
         if sha256_file(ck) != member["sha256"]:
-            raise ValueError(f"{path}: {member['checkpoint']} does not match its sha256 (modified or corrupt); refusing it")
+            raise ValueError(
+                f"{path}: {member['checkpoint']} does not match its sha256 (modified or corrupt); refusing it"
+            )
         paths.append(ck)
     return doc, paths
