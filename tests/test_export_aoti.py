@@ -169,3 +169,13 @@ def test_cuda_package_matches_torch(tmp_path):
     assert committee.backend == "aoti[cuda]"
     x = np.random.default_rng(0).integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
     np.testing.assert_allclose(committee.member_logits(x), reference(members, x), rtol=1e-3, atol=1e-3)
+
+
+def test_export_program_accepts_max_batch_1():
+    """torch.export refuses a Dim with min == max; a batch-1 package must still export."""
+    from lsmha.export.aoti import export_program
+    from lsmha.export.onnx import CommitteeGraph
+
+    program = export_program(CommitteeGraph([CCT(TINY).eval()], torch.float32), TINY, "cpu", max_batch=1)
+    logits = program.module()(torch.rand(1, 3, 16, 16) * 255)[0]
+    assert logits.shape == (1, 10)

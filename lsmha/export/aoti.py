@@ -116,7 +116,9 @@ def rebuild_command(directory: str | os.PathLike, device: str, precision: str, s
 def export_program(module: nn.Module, spec: CCTSpec, device: str, max_batch: int = MAX_BATCH) -> Any:
     """`torch.export` of `module` (raw float32 images -> outputs) on `device`, batch dynamic in 1..max_batch."""
     example = torch.rand(2, spec.in_chans, spec.img_size, spec.img_size, device=device) * 255
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    # torch.export needs min < max for a dynamic dim (and the example has batch 2): a package
+    # asked for max_batch=1 still accepts up to 2.
+    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
         return torch.export.export(

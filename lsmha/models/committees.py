@@ -43,7 +43,10 @@ PAPER_COMMITTEES: dict[str, list[Member]] = {
 }
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A CLI field value: true/false, per-block ints `4/4/16`, an int, a float, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     if "/" in text:
         return [int(v) for v in text.split("/")]
     for cast in (int, float):
@@ -78,7 +81,7 @@ def parse_committee(text: str) -> list[Member]:
             key, eq, value = f.partition("=")
             if not eq:
                 raise ValueError(f"member {item!r}: expected field=value after ':', got {f!r}")
-            overrides[key] = _parse_value(value)
+            overrides[key] = parse_value(value)
         members.append((name, overrides))
     if not members:
         raise ValueError(f"committee {text!r} names no members; e.g. table6:5 or cct_2_3x2:dim=512:heads=32")

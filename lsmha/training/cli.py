@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models import model_spec
+from ..models.committees import parse_value
 from .committee import load_committee_config, member_runs, train_committee
 from .data import DATASETS, find_cifar100, num_classes
 from .distributed import init_distributed, shutdown
@@ -29,26 +30,13 @@ class UsageError(ValueError):
     """Bad configuration: exit 2."""
 
 
-def _value(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if "/" in text:
-        return [int(v) for v in text.split("/")]
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise UsageError(f"{what}: expected key=value, got {item!r}")
-        out[key.strip()] = _value(value.strip())
+        out[key.strip()] = parse_value(value.strip())
     return out
 
 
@@ -129,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dim is not None:
         overrides["dim"] = args.dim
     if args.heads is not None:
-        overrides["heads"] = _value(args.heads)
+        overrides["heads"] = parse_value(args.heads)
     spec = model_spec(args.model, **{**overrides, "num_classes": num_classes(args.dataset)})
     recipe = _recipe(args)
     _check_data(args)
