@@ -177,3 +177,15 @@ def test_3d_attention_rewrite_keeps_the_arithmetic(exported, images):
     assert fast.rewritten == 2 and plain.rewritten == 0
     for a, b in zip(plain.run(x), fast.run(x)):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_relative_output_directory(tmp_path, monkeypatch):
+    """`-o out` relative to the working directory (a user's usual call) writes and loads."""
+    import lsmha
+
+    monkeypatch.chdir(tmp_path)
+    lsmha.save(_members()[1], "m.safetensors")
+    assert export_main(["onnx", "m.safetensors", "-o", "out", "--no-progress"]) == 0
+    manifest = read_manifest("out")
+    assert {e.path for e in manifest.files} >= {"committee.onnx", "member0.safetensors"}
+    assert Committee.load("out").predict(np.zeros((1, 16, 16, 3), np.uint8)).shape == (1,)

@@ -167,7 +167,7 @@ def export_aoti(
         raise ValueError(f"scope must be {COMMITTEE!r} or a member index in 0..{len(models) - 1}, got {scope!r}")
     facts = target_facts(device)
     compile_fn, _ = aoti_api()
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / package_name(scope, device, precision)
     tmp = path.with_name(path.name + ".tmp.pt2")
@@ -324,7 +324,7 @@ def write_weights(models: Sequence[CCT], directory: str | os.PathLike) -> None:
     from ..models import save
     from .manifest import ExportManifest, write_manifest
 
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, m in enumerate(models):

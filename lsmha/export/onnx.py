@@ -259,7 +259,7 @@ def export_onnx(
     for i, s in enumerate(specs):
         if (s.num_classes, s.img_size, s.in_chans) != first:
             raise ValueError(f"member {i} has (classes, img_size, in_chans) != member 0's {first}")
-    directory = Path(directory)
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Any]] = []
     for i, m in enumerate(models):
