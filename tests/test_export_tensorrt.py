@@ -10,7 +10,7 @@ import torch
 
 from lsmha.engine import BackendUnavailable, Committee, available_backends
 from lsmha.export.manifest import COMMITTEE, FileEntry, TensorInfo
-from lsmha.export.tensorrt import (
+from lsmha.export.tensorrt_plan import (
     DEFAULT_PROFILE,
     BatchProfile,
     IOBuffers,

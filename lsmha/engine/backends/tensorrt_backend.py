@@ -20,7 +20,7 @@ PREFERENCE = ("fp16", "bf16", "fp32")  # precision taken when none is asked for
 
 
 def unavailable() -> str | None:
-    from ...export.tensorrt import INSTALL
+    from ...export.tensorrt_plan import INSTALL
 
     try:
         import torch
@@ -107,7 +107,8 @@ def open(source: Source, device: str | None = None, precision: str | None = None
     """
     import torch
 
-    from ...export.tensorrt import PlanMismatch, TensorRTEngine, TensorRTUnavailable
+    from ...export.tensorrt import TensorRTEngine
+    from ...export.tensorrt_plan import PlanMismatch, TensorRTUnavailable
 
     if options:
         raise BackendUnavailable(f"tensorrt backend: unknown option(s) {sorted(options)}; it takes device, precision")
