@@ -16,7 +16,7 @@ CUDA = torch.cuda.is_available()
 
 
 def _row(model, backend, batch, ms):
-    return gpu.GpuRow(model, 1, backend, batch, ms, ms, batch / ms, 1.0, None)
+    return gpu.GpuRow(model, 1, 0, 1.0, 1, backend, batch, ms, ms, batch / ms, 1.0)
 
 
 def _rows():

@@ -27,17 +27,17 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..models import CCT, committee_specs, count_macs, parse_committee
+from ..models import CCT, committee_specs, parse_committee
 from .backends import Runner, make_runner
+from .latency import LatencyRow, build_members, time_row
 from .table import format_table
-from .timing import time_call
 
 # bf16 dense tensor-core peak (TFLOP/s, no sparsity), first match on the device name wins
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -185,37 +185,11 @@ def cuda_graph_engine(models: list[CCT], device: torch.device, max_batch: int, *
 # -- the comparison ----------------------------------------------------------------------------
 
 
-@dataclass
-class GpuRow:
-    model: str
-    members: int
-    backend: str
-    batch: int
-    median_ms: float
-    p90_ms: float
-    images_per_s: float
-    tflops: float
-    pct_peak: float | None
-    ratio_vs_baseline: float | None = None
-    note: str = ""
+GpuRow = LatencyRow  # one row type for both harnesses
 
 
 def _members(spec_text: str, seed: int) -> list[CCT]:
-    torch.manual_seed(seed)
-    return [CCT(s).eval() for s in committee_specs(parse_committee(spec_text), num_classes=100)]
-
-
-def _time_row(group, members, backend, runner, batch, device, warmup, budget_s, peak, rng) -> GpuRow:
-    spec = members[0].spec
-    images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
-    x = runner.prepare(images)
-    t = time_call(lambda: runner.run(x), str(device), warmup=warmup, budget_s=budget_s)
-    macs = sum(count_macs(m.spec) for m in members)
-    tflops = 2 * macs * batch / (t.median_ms / 1e3) / 1e12
-    return GpuRow(
-        group, len(members), backend, batch, t.median_ms, t.p90_ms, batch / (t.median_ms / 1e3), tflops,
-        100 * tflops / peak if peak else None, note=runner.note,
-    )  # fmt: skip
+    return build_members(committee_specs(parse_committee(spec_text), num_classes=100), seed)
 
 
 def run_comparison(
@@ -267,7 +241,7 @@ def run_comparison(
                     skipped.append(f"{kind} {group} {name} batch {batch}: past the {deadline_s:.0f} s deadline")
                 else:
                     bar.set_postfix_str(f"{group} {name} b{batch}")
-                    out.append(_time_row(group, members, name, runner, batch, device, warmup, budget_s, peak, rng))
+                    out.append(time_row(group, members, name, runner, batch, device, rng, warmup, budget_s, peak))
                 bar.update()
         except Exception as err:
             traceback.print_exc()

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..models import CCT, CCTSpec, count_macs, count_params, layer_latency
-from .backends import BACKENDS, make_runner
+from .backends import BACKENDS, Runner, make_runner
 from .timing import time_call
 
 
@@ -32,8 +32,47 @@ class LatencyRow:
     p90_ms: float
     images_per_s: float
     tflops: float
+    pct_peak: float | None = None
     ratio_vs_baseline: float | None = None
     note: str = ""
+
+
+def time_row(
+    group: str,
+    models: list[CCT],
+    backend: str,
+    runner: Runner,
+    batch: int,
+    device: torch.device,
+    rng: np.random.Generator,
+    warmup: int = 3,
+    budget_s: float = 2.0,
+    peak_tflops: float | None = None,
+) -> LatencyRow:
+    """Time `runner` on one random uint8 batch and describe it as a row (`peak_tflops`:
+    the card's dense bf16 peak, for the % column; None on a CPU)."""
+    specs = [m.spec for m in models]
+    spec = specs[0]
+    images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
+    timing = time_call(partial(runner.run, runner.prepare(images)), str(device), warmup=warmup, budget_s=budget_s)
+    seconds = timing.median_ms / 1e3
+    macs = sum(count_macs(s) for s in specs)
+    tflops = 2 * macs * batch / seconds / 1e12
+    return LatencyRow(
+        model=group,
+        members=len(specs),
+        params=sum(count_params(m) for m in models),
+        gmac_per_image=macs / 1e9,
+        paper_layers=max(layer_latency(s) for s in specs),
+        backend=backend,
+        batch=batch,
+        median_ms=timing.median_ms,
+        p90_ms=timing.p90_ms,
+        images_per_s=batch / seconds,
+        tflops=tflops,
+        pct_peak=100 * tflops / peak_tflops if peak_tflops else None,
+        note=runner.note,
+    )
 
 
 def build_members(specs: list[CCTSpec], seed: int = 0) -> list[CCT]:
@@ -83,35 +122,11 @@ def run_latency(
     jobs = [(g, b) for g in groups for b in backends]
     bar = tqdm(total=len(jobs) * len(batches), desc="latency", disable=not progress, leave=False)
     for group, backend in jobs:
-        specs = groups[group]
-        models = build_members(specs, seed)
-        params = sum(count_params(m) for m in models)
-        macs = sum(count_macs(s) for s in specs)
-        layers = max(layer_latency(s) for s in specs)
+        models = build_members(groups[group], seed)
         runner = make_runner(backend, models, device, max(batches))
         for batch in batches:
             bar.set_postfix_str(f"{group} {backend} b{batch}")
-            spec = specs[0]
-            images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
-            prepared = runner.prepare(images)
-            timing = time_call(partial(runner.run, prepared), str(device), warmup=warmup, budget_s=budget_s)
-            seconds = timing.median_ms / 1e3
-            rows.append(
-                LatencyRow(
-                    model=group,
-                    members=len(specs),
-                    params=params,
-                    gmac_per_image=macs / 1e9,
-                    paper_layers=layers,
-                    backend=backend,
-                    batch=batch,
-                    median_ms=timing.median_ms,
-                    p90_ms=timing.p90_ms,
-                    images_per_s=batch / seconds,
-                    tflops=2 * macs * batch / seconds / 1e12,
-                    note=runner.note,
-                )
-            )
+            rows.append(time_row(group, models, backend, runner, batch, device, rng, warmup, budget_s))
             bar.update()
         del runner, models
     bar.close()
