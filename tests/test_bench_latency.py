@@ -21,6 +21,8 @@ def test_latency_cli_times_both_groups_and_writes_json(tmp_path, capsys):
             "1",
             "--budget",
             "0.01",
+            "--rounds",
+            "2",
             "--no-progress",
             "--json",
             str(out),
@@ -41,6 +43,7 @@ def test_latency_cli_times_both_groups_and_writes_json(tmp_path, capsys):
     for r in rows:
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["median_ms"] * 1e3)
         assert r["p90_ms"] >= r["median_ms"] > 0
+        assert r["calls"] >= 5  # 3 per pass, 2 interleaved passes
     assert set(doc["crossover"]) == {"torch", "onnxruntime"}
 
 
@@ -48,6 +51,8 @@ def test_latency_cli_rejects_bad_usage(capsys):
     assert main(["latency", "--backend", "warp-drive"]) == 2
     assert "unknown backend 'warp-drive'" in capsys.readouterr().err
     assert main(["latency", "--baseline", "cct_7_3x1,cct_1_3x1"]) == 2
+    assert main(["latency", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
     assert main(["latency", "--committee", "cct_9_9x9"]) == 2
     assert "known models" in capsys.readouterr().err
     with pytest.raises(SystemExit):

@@ -67,7 +67,15 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=100, help="output labels of every model")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    p.add_argument("--budget", type=float, default=2.0, help="seconds of timed calls per row (at least 5 calls)")
+    p.add_argument(
+        "--budget", type=float, default=2.0, help="seconds of timed calls per row, all passes together (>= 5 calls)"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="passes over all rows, order reversed every other pass, samples pooled (fair ratios on a noisy machine)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -87,6 +95,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         if len(base_members) != 1:
             raise ValueError(f"--baseline names one model, got {len(base_members)}: {args.baseline!r}")
         baseline = committee_specs(base_members, num_classes=args.num_classes)[0]
+        if args.rounds < 1 or args.budget <= 0:
+            raise ValueError(f"--rounds must be >= 1 and --budget > 0, got {args.rounds} and {args.budget}")
         backends = args.backend or default_backends(device)
         for name in backends:
             if name not in BACKENDS:
@@ -102,10 +112,20 @@ def cmd_latency(args: argparse.Namespace) -> int:
     facts = machine_facts(device)
     print(
         f"lsmha-bench latency on {facts['device']} ({facts.get('gpu', facts['cpu'])}, torch {facts['torch']}, "
-        f"{facts['threads']} threads); random weights; median of repeated calls after {args.warmup} warm-up calls"
+        f"{facts['threads']} threads); random weights; median of all calls over {args.rounds} interleaved passes, "
+        f"after {args.warmup} warm-up calls"
     )
     rows = run_latency(
-        groups, backends, batches, device, args.baseline, args.warmup, args.budget, args.seed, not args.no_progress
+        groups,
+        backends,
+        batches,
+        device,
+        args.baseline,
+        args.warmup,
+        args.budget,
+        args.seed,
+        not args.no_progress,
+        args.rounds,
     )
     headers = ["model", "members", "params", "GMAC/img", "paper layers", "backend", "batch", "median ms", "p90 ms"]
     headers += ["images/s", "TFLOP/s", "ratio"]

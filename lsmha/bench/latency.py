@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..models import CCT, CCTSpec, count_macs, count_params, layer_latency
 from .backends import BACKENDS, Runner, make_runner
-from .timing import time_call
+from .timing import Timing, time_call
 
 
 @dataclass
@@ -35,6 +35,7 @@ class LatencyRow:
     pct_peak: float | None = None
     ratio_vs_baseline: float | None = None
     note: str = ""
+    calls: int = 0
 
 
 def time_row(
@@ -51,10 +52,23 @@ def time_row(
 ) -> LatencyRow:
     """Time `runner` on one random uint8 batch and describe it as a row (`peak_tflops`:
     the card's dense bf16 peak, for the % column; None on a CPU)."""
-    specs = [m.spec for m in models]
-    spec = specs[0]
+    spec = models[0].spec
     images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
     timing = time_call(partial(runner.run, runner.prepare(images)), str(device), warmup=warmup, budget_s=budget_s)
+    return describe_row(group, models, backend, batch, timing, runner.note, peak_tflops)
+
+
+def describe_row(
+    group: str,
+    models: list[CCT],
+    backend: str,
+    batch: int,
+    timing: Timing,
+    note: str = "",
+    peak_tflops: float | None = None,
+) -> LatencyRow:
+    """A row from measured per-call latencies: sizes, counts, throughput and efficiency."""
+    specs = [m.spec for m in models]
     seconds = timing.median_ms / 1e3
     macs = sum(count_macs(s) for s in specs)
     tflops = 2 * macs * batch / seconds / 1e12
@@ -71,7 +85,8 @@ def time_row(
         images_per_s=batch / seconds,
         tflops=tflops,
         pct_peak=100 * tflops / peak_tflops if peak_tflops else None,
-        note=runner.note,
+        note=note,
+        calls=len(timing.samples_ms),
     )
 
 
@@ -102,8 +117,14 @@ def run_latency(
     budget_s: float = 2.0,
     seed: int = 0,
     progress: bool = True,
+    rounds: int = 3,
 ) -> list[LatencyRow]:
     """Time every group (name -> member specs) on every backend and batch.
+
+    Every row is timed in `rounds` passes over all rows (the order reversed on every
+    other pass) and its samples pooled: on a shared machine a slow phase then spreads
+    over all rows instead of landing on one, so ratios within the run stay fair.
+    The first pass warms each row up with `warmup` calls, later passes with one.
 
     Args:
         groups: e.g. {"cct_7_3x1": [spec], "committee": [5 specs]}.
@@ -111,25 +132,46 @@ def run_latency(
         batches: batch sizes.
         device: where to run.
         baseline: the group every other group's ratio is taken against.
+        budget_s: seconds of timed calls per row, over all passes (at least 5 calls).
+        rounds: passes over all rows.
     """
     for name in backends:
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if baseline not in groups:
         raise ValueError(f"baseline {baseline!r} is not one of the timed groups {list(groups)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     rng = np.random.default_rng(seed)
-    rows: list[LatencyRow] = []
-    jobs = [(g, b) for g in groups for b in backends]
-    bar = tqdm(total=len(jobs) * len(batches), desc="latency", disable=not progress, leave=False)
-    for group, backend in jobs:
-        models = build_members(groups[group], seed)
-        runner = make_runner(backend, models, device, max(batches))
-        for batch in batches:
-            bar.set_postfix_str(f"{group} {backend} b{batch}")
-            rows.append(time_row(group, models, backend, runner, batch, device, rng, warmup, budget_s))
+    keys = [(g, b, n) for g in groups for b in backends for n in batches]
+    bar = tqdm(total=len(keys) * (rounds + 1), desc="latency", disable=not progress, leave=False)
+    members, runners, inputs = {}, {}, {}
+    for group in groups:  # every runner alive at once, so the passes can interleave them
+        members[group] = build_members(groups[group], seed)
+        spec = groups[group][0]
+        images = {
+            n: rng.integers(0, 256, (n, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8) for n in batches
+        }
+        for backend in backends:
+            bar.set_postfix_str(f"building {group} {backend}")
+            runners[group, backend] = make_runner(backend, members[group], device, max(batches))
+            for n in batches:
+                inputs[group, backend, n] = runners[group, backend].prepare(images[n])
+                bar.update()
+    samples: dict[tuple[str, str, int], list[float]] = {k: [] for k in keys}
+    per_round = -(-5 // rounds)
+    for r in range(rounds):
+        for key in keys if r % 2 == 0 else keys[::-1]:
+            group, backend, n = key
+            bar.set_postfix_str(f"pass {r + 1}/{rounds} {group} {backend} b{n}")
+            run = partial(runners[group, backend].run, inputs[key])
+            timing = time_call(
+                run, str(device), warmup=warmup if r == 0 else 1, min_repeats=per_round, budget_s=budget_s / rounds
+            )
+            samples[key] += timing.samples_ms
             bar.update()
-        del runner, models
     bar.close()
+    rows = [describe_row(g, members[g], b, n, Timing(tuple(samples[g, b, n])), runners[g, b].note) for g, b, n in keys]
     base = {(r.backend, r.batch): r.median_ms for r in rows if r.model == baseline}
     for r in rows:
         r.ratio_vs_baseline = r.median_ms / base[(r.backend, r.batch)]
