@@ -124,6 +124,17 @@ class ExportManifest:
             and (scope is None or e.scope == scope)
         ]
 
+    def runnable_set(self, entries: list[FileEntry]) -> tuple[list[FileEntry], bool] | None:
+        """Of `entries` (one format and precision): the committee file if there is one, else a
+        complete set of member files in member order; (files, is_committee), or None if neither."""
+        committee = [e for e in entries if e.scope == COMMITTEE]
+        if committee:
+            return committee[:1], True
+        per_member = {e.scope: e for e in entries}
+        if all(i in per_member for i in range(len(self.specs))):
+            return [per_member[i] for i in range(len(self.specs))], False
+        return None
+
     def path_of(self, entry: FileEntry) -> Path:
         """Absolute path of an entry, refusing paths that leave the directory."""
         return resolve_inside(self.directory, entry.path)

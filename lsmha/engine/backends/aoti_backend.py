@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.manifest import COMMITTEE, FileEntry
+from ...export.manifest import FileEntry
 from . import Backend, BackendUnavailable, Source
 
 NAME = "aoti"
@@ -41,12 +41,9 @@ def pick_packages(source: Source, device: str, precision: str) -> tuple[list[Fil
             "aoti backend needs an export directory (run `lsmha-export onnx`, then `lsmha-export aoti`)"
         )
     mine = [e for e in manifest.find(format="pt2", precision=precision) if e.extra.get("device", "cpu") == device]
-    committee = [e for e in mine if e.scope == COMMITTEE]
-    if committee:
-        return committee[:1], True
-    per_member = {e.scope: e for e in mine}
-    if all(i in per_member for i in range(len(source.specs))):
-        return [per_member[i] for i in range(len(source.specs))], False
+    picked = manifest.runnable_set(mine)
+    if picked:
+        return picked
     have = sorted({(e.extra.get("device", "?"), e.precision, str(e.scope)) for e in manifest.find(format="pt2")})
     raise BackendUnavailable(
         f"{manifest.directory} has no {device} {precision} AOTInductor package (have (device, precision, scope): "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.manifest import COMMITTEE, FileEntry
+from ...export.manifest import FileEntry
 from . import Backend, BackendUnavailable, Source
 
 NAME = "onnxruntime"
@@ -148,12 +148,9 @@ def pick_files(source: Source, precision: str) -> tuple[list[FileEntry], bool]:
     manifest = source.manifest
     if manifest is None:
         raise BackendUnavailable("onnxruntime backend needs an export directory (run `lsmha-export onnx`)")
-    committee = manifest.find(format="onnx", precision=precision, scope=COMMITTEE)
-    if committee:
-        return committee[:1], True
-    per_member = {e.scope: e for e in manifest.find(format="onnx", precision=precision)}
-    if all(i in per_member for i in range(len(source.specs))):
-        return [per_member[i] for i in range(len(source.specs))], False
+    picked = manifest.runnable_set(manifest.find(format="onnx", precision=precision))
+    if picked:
+        return picked
     raise BackendUnavailable(
         f"{manifest.directory} has no {precision} ONNX committee or member files "
         f"(have: {sorted({(e.format, e.precision, str(e.scope)) for e in manifest.files})}); "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.manifest import COMMITTEE, FileEntry
+from ...export.manifest import FileEntry
 from . import Backend, BackendUnavailable, Source
 
 NAME = "tensorrt"
@@ -44,12 +44,9 @@ def pick_plans(source: Source, precision: str | None) -> tuple[list[FileEntry], 
             "tensorrt backend needs an export directory (run `lsmha-export onnx`, then `lsmha-export tensorrt`)"
         )
     for p in (precision,) if precision else PREFERENCE:
-        committee = manifest.find(format="plan", precision=p, scope=COMMITTEE)
-        if committee:
-            return committee[:1], True, p
-        per_member = {e.scope: e for e in manifest.find(format="plan", precision=p)}
-        if all(i in per_member for i in range(len(source.specs))):
-            return [per_member[i] for i in range(len(source.specs))], False, p
+        picked = manifest.runnable_set(manifest.find(format="plan", precision=p))
+        if picked:
+            return (*picked, p)
     have = sorted({(e.precision, str(e.scope)) for e in manifest.find(format="plan")})
     wanted = precision or "any"
     raise BackendUnavailable(
