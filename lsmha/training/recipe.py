@@ -56,15 +56,16 @@ class Recipe:
     step_dt: int = 10
     warmup_epochs: int = 0
     min_factor: float = 0.0
-    randaugment: bool = True
-    ra_num_ops: int = 2
-    ra_magnitude: int = 9
-    erasing: float = 0.25
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    mix_prob: float = 1.0
-    label_smoothing: float = 0.0
-    augment_groups: int = 16
+    # augmentation, flat for TOML; defaults are AugmentConfig's, the one place they are set
+    randaugment: bool = AugmentConfig.randaugment
+    ra_num_ops: int = AugmentConfig.ra_num_ops
+    ra_magnitude: int = AugmentConfig.ra_magnitude
+    erasing: float = AugmentConfig.erasing
+    mixup_alpha: float = AugmentConfig.mixup_alpha
+    cutmix_alpha: float = AugmentConfig.cutmix_alpha
+    mix_prob: float = AugmentConfig.mix_prob
+    label_smoothing: float = AugmentConfig.label_smoothing
+    augment_groups: int = AugmentConfig.groups
     amp: str = "auto"
     compile: bool = False
     seed: int = 0
@@ -109,17 +110,9 @@ class Recipe:
         return dataclasses.replace(base, **doc)
 
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(
-            randaugment=self.randaugment,
-            ra_num_ops=self.ra_num_ops,
-            ra_magnitude=self.ra_magnitude,
-            erasing=self.erasing,
-            mixup_alpha=self.mixup_alpha,
-            cutmix_alpha=self.cutmix_alpha,
-            mix_prob=self.mix_prob,
-            label_smoothing=self.label_smoothing,
-            groups=self.augment_groups,
-        )
+        """The augmentation fields as an `AugmentConfig` (`augment_groups` is its `groups`)."""
+        names = {f.name for f in dataclasses.fields(AugmentConfig)} - {"groups"}
+        return AugmentConfig(groups=self.augment_groups, **{n: getattr(self, n) for n in names})
 
 
 def check_keys(doc: dict[str, Any], where: str) -> None:
