@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from lsmha.engine import AUTO_ORDER, BACKENDS, BackendUnavailable, Committee, Source, open_backend
+from lsmha.engine import (
+    AUTO_ORDER,
+    BACKENDS,
+    CPU_AUTO_ORDER,
+    BackendUnavailable,
+    Committee,
+    Source,
+    auto_order,
+    open_backend,
+)
 from lsmha.models import CCT, CCTSpec, save, write_committee
 
 
@@ -20,6 +29,9 @@ def checkpoints(tmp_path):
 
 def test_auto_order_and_registry():
     assert AUTO_ORDER == ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
+    assert auto_order("cuda") == auto_order("cuda:1") == AUTO_ORDER
+    assert auto_order("cpu") == CPU_AUTO_ORDER == ("onnxruntime", "aoti", "torch")
+    assert auto_order(None) == (AUTO_ORDER if torch.cuda.is_available() else CPU_AUTO_ORDER)
     assert {"torch", "onnxruntime"} <= set(BACKENDS)
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; known: auto, .*onnxruntime.*torch"):
         open_backend("nope", Source(specs=[]))

@@ -85,10 +85,22 @@ def test_fresh_process_reload_matches_torch_for_batches_1_and_5(committee_dir, t
 
 def test_auto_prefers_the_package_and_chunks_to_its_max_batch(committee_dir):
     directory, members, _ = committee_dir
-    committee = Committee.load(directory)  # tensorrt and cuda-graph cannot run here: aoti is next
+    committee = Committee.load(directory)  # no ONNX file here: on a CPU, auto takes the package next
     assert committee.backend == "aoti[cpu]" and committee.batch_size == 64
     x = torch.rand(70, 3, 16, 16)  # float pixels in 0..1: the graph standardises each image
     np.testing.assert_allclose(committee.predict_logits(x), reference(members, x.numpy()).sum(0), rtol=1e-4, atol=1e-4)
+
+
+def test_auto_on_a_cpu_prefers_onnxruntime_over_the_package(committee_dir, tmp_path):
+    from lsmha.export import add_entries
+    from lsmha.export.onnx import export_committee_onnx
+
+    directory, members, _ = committee_dir
+    for f in directory.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    add_entries(tmp_path, [export_committee_onnx(members, tmp_path)])
+    assert Committee.load(tmp_path, device="cpu").backend == "onnxruntime[CPUExecutionProvider]"
+    assert Committee.load(tmp_path, backend="aoti").backend == "aoti[cpu]"  # still there when asked for
 
 
 def test_verify_covers_the_package(committee_dir):

@@ -1,6 +1,16 @@
 """The soft-committee engine: `Committee`, input checking, member selection, backends."""
 
-from .backends import AUTO_ORDER, BACKENDS, Backend, BackendUnavailable, Source, available_backends, open_backend
+from .backends import (
+    AUTO_ORDER,
+    BACKENDS,
+    CPU_AUTO_ORDER,
+    Backend,
+    BackendUnavailable,
+    Source,
+    auto_order,
+    available_backends,
+    open_backend,
+)
 from .committee import Committee, check_compatible, load_source
 from .inputs import check_images
 from .metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
@@ -9,6 +19,7 @@ from .selection import Selection, select
 __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
+    "CPU_AUTO_ORDER",
     "Backend",
     "BackendUnavailable",
     "Committee",
@@ -16,6 +27,7 @@ __all__ = [
     "Source",
     "accuracy",
     "agreement_matrix",
+    "auto_order",
     "available_backends",
     "check_compatible",
     "check_images",

@@ -99,8 +99,9 @@ class Committee:
 
         Args:
             path: a manifest file or a directory with `manifest.json` or `committee.json`.
-            backend: "auto" (fastest usable: tensorrt > cuda-graph > aoti > onnxruntime > torch)
-                or a registered name ("torch", "onnxruntime", ...).
+            backend: "auto" (fastest usable: tensorrt > cuda-graph > aoti > onnxruntime > torch on
+                CUDA; onnxruntime > aoti > torch on a CPU, see `auto_order`) or a registered name
+                ("torch", "onnxruntime", ...).
             batch_size: largest chunk per backend call.
             **options: backend options, e.g. precision="fp16", device="cuda", threads=2.
         """

@@ -9,6 +9,10 @@ A backend module defines
 and is listed in `BACKENDS` below. `backend="auto"` tries `AUTO_ORDER`
 (fastest first) among the registered backends whose packages are present and
 whose files the source holds, and reports why each skipped one was skipped.
+When the committee will run on the CPU (device="cpu", or torch sees no CUDA
+device) it tries `CPU_AUTO_ORDER` instead: on a CPU, ONNX Runtime ran CCT-7/3x1
+and the Table 6 committee faster than the AOTInductor package in every
+interleaved run (README, Performance), so it comes first there.
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ BACKENDS: dict[str, str] = {
     "cuda-graph": "lsmha.engine.backends.cuda_graph_backend",
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
+CPU_AUTO_ORDER: tuple[str, ...] = ("onnxruntime", "aoti", "torch")
+
+
+def auto_order(device: str | None = None) -> tuple[str, ...]:
+    """The backends `auto` tries, fastest first, for `device` (None: CUDA when torch sees one)."""
+    if device is None:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    else:
+        on_cpu = str(device) == "cpu"
+    return CPU_AUTO_ORDER if on_cpu else AUTO_ORDER
 
 
 class BackendUnavailable(RuntimeError):
@@ -128,8 +144,8 @@ def available_backends() -> dict[str, str | None]:
 def open_backend(name: str, source: Source, **options: Any) -> Backend:
     """Open backend `name` ("auto" or a registered name) on `source`.
 
-    "auto" tries AUTO_ORDER and takes the first that opens; if none does,
-    BackendUnavailable lists each one's reason.
+    "auto" tries `auto_order(options.get("device"))` and takes the first that
+    opens; if none does, BackendUnavailable lists each one's reason.
     """
     if name != "auto":
         module = backend_module(name)
@@ -138,7 +154,7 @@ def open_backend(name: str, source: Source, **options: Any) -> Backend:
             raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
         return module.open(source, **options)
     reasons = []
-    for candidate in AUTO_ORDER:
+    for candidate in auto_order(options.get("device")):
         if candidate not in BACKENDS:
             continue
         try:
@@ -154,10 +170,12 @@ def open_backend(name: str, source: Source, **options: Any) -> Backend:
 
 __all__ = [
     "AUTO_ORDER",
+    "CPU_AUTO_ORDER",
     "BACKENDS",
     "Backend",
     "BackendUnavailable",
     "Source",
+    "auto_order",
     "available_backends",
     "backend_module",
     "open_backend",
