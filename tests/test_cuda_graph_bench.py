@@ -162,3 +162,50 @@ def test_cuda_runners_match_eager_fp32(name):
     rel = float((got - want).norm() / want.norm())
     assert rel <= 2e-2, f"{name}: relative error {rel:.3g}"
     torch.testing.assert_close(got, got_again)
+
+
+def test_job_plan_runs_what_the_targets_need_first():
+    plan = gpu.job_plan(gpu.DEFAULT_BACKENDS)
+    first = [(group, name) for _, group, name, _ in plan[:4]]
+    assert first == [
+        ("cct_7_3x1", "torch-compile-graph"), ("cct_7_3x1", "cuda-graph"),
+        ("committee-5", "cuda-graph"), ("committee-5", "torch-bf16"),
+    ]  # fmt: skip
+    # every target's (model, backend) comes before any job the targets do not need
+    needed = {("cct_7_3x1", "torch-compile-graph"), ("cct_7_3x1", "cuda-graph"), ("committee-5", "cuda-graph"),
+              ("committee-5", "torch-bf16")}  # fmt: skip
+    assert {(g, b) for _, g, b, _ in plan[: len(needed)]} == needed
+    main = [(g, b) for kind, g, b, _ in plan if kind == "main"]
+    assert len(main) == len(set(main)) == 3 * len(gpu.DEFAULT_BACKENDS)  # each job once
+    kinds = [kind for kind, *_ in plan]
+    last_table6 = max(i for i, (kind, group, _, _) in enumerate(plan) if (kind, group) == ("main", "committee-5"))
+    assert kinds.index("ablation") > last_table6
+    assert all(job[1] == "committee-10" for job in plan[len(plan) - len(gpu.DEFAULT_BACKENDS) :])
+    assert [job[2] for job in gpu.job_plan(["torch"], ablation=False)] == ["torch"] * 3
+
+
+def test_sigterm_fails_the_running_job_skips_the_rest_and_keeps_rows(monkeypatch):
+    """The gpu_check.sh hard limit (timeout's SIGTERM) must still leave a result to print."""
+    import os
+    import signal
+
+    from lsmha.bench.backends import BackendEntry
+
+    def killed(models, device, max_batch):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+        for _ in range(10_000_000):
+            pass
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setitem(BACKENDS, "sigterm", BackendEntry(killed, "sends itself SIGTERM"))
+    before = signal.getsignal(signal.SIGTERM)
+    with gpu.sigterm_stops():
+        result = gpu.run_comparison(
+            ["torch", "sigterm"], [1], torch.device("cpu"), deadline_s=600, warmup=1, budget_s=0.0,
+            ablation=False, progress=False, groups=TINY,
+        )  # fmt: skip
+    assert signal.getsignal(signal.SIGTERM) == before  # restored on leaving
+    assert [(r["model"], r["backend"]) for r in result["rows"]] == [("cct_7_3x1", "torch")]
+    assert result["stopped_by_sigterm"]
+    assert result["errors"] == ["main cct_7_3x1 sigterm: HardLimit: stopped by SIGTERM (the hard time limit)"]
+    assert len(result["skipped"]) == 4 and all("after SIGTERM" in s for s in result["skipped"])

@@ -114,3 +114,34 @@ def test_refuses_unequal_shapes_and_training_mode():
     b.train()
     with pytest.raises(ValueError, match="inference-only"):
         StackedCommittee([a, b])
+
+
+def test_forward_builds_no_tensor_from_host_data():
+    """Reordering members (interleaved groups, mixed heads) gathers with device index buffers: a
+    Python-list index would build a host tensor and copy it to the GPU with a sync on every call,
+    which CUDA-graph capture refuses (the cuda-graph backend captures this forward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    # groups [[0, 2, 4], [1, 3], [5]] (committee order restored); block 0 heads in the first: 4, 2, 4
+    specs = [_spec(dim=44), _spec(dim=48, heads=3), _spec(dim=44, heads=(2, 11)), _spec(dim=48, heads=6)]
+    specs += [_spec(dim=44, heads=(4, 2)), _spec(n_conv=1)]
+    models = _members(specs)
+    committee = StackedCommittee(models)
+    assert committee.reorder and committee.units[0].blocks[0].attn.reorder
+    x = _images(n=2)
+    with torch.no_grad():
+        prepared = committee.prepare(x)
+        with Ops() as ops:
+            member = committee.combine([unit(prepared) for unit in committee.units])
+    assert "aten.lift_fresh" not in ops.seen and "aten.index" not in ops.seen, sorted(ops.seen)
+    torch.testing.assert_close(member, _reference(models, x), rtol=1e-5, atol=1e-5)
+    assert "restore" not in committee.state_dict()  # index buffers are not weights

@@ -173,6 +173,10 @@ def test_aoti_backend_without_packages_says_what_to_run(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_package_matches_torch(tmp_path):
+    from lsmha.export.aoti import cuda_toolkit_missing
+
+    if why := cuda_toolkit_missing():
+        pytest.skip(why)
     torch.manual_seed(0)
     members = [CCT(TINY).eval()]  # one member: the GPU check gives all its tests two minutes
     write_weights(members, tmp_path)

@@ -148,13 +148,18 @@ def test_int8_variant_is_an_opt_in_manifest_entry(exported, tmp_path, images):
     assert np.abs(committee.predict_logits(images) - ref).max() <= 0.1 * np.abs(ref).max()
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and onnxruntime-gpu")
-def test_cuda_provider_with_io_binding(exported, images):
+def _cuda_provider() -> bool:
     import onnxruntime
 
-    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        pytest.skip("onnxruntime has no CUDAExecutionProvider here (pip install onnxruntime-gpu)")
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(  # decided before the `exported` fixture spends seconds exporting
+    not torch.cuda.is_available() or not _cuda_provider(),
+    reason="needs a CUDA device and onnxruntime's CUDAExecutionProvider (pip install onnxruntime-gpu)",
+)
+def test_cuda_provider_with_io_binding(exported, images):
     members, out = exported
     committee = Committee.load(out, backend="onnxruntime", device="cuda")
     assert committee.backend == "onnxruntime[CUDAExecutionProvider]"

@@ -8,10 +8,13 @@ Then an ablation of the engine's levers at batch 1, and the issue's three target
 
     python -m lsmha.bench.gpu --json out.json           # what benchmarks/gpu_check.sh runs
 
-Jobs run in priority order (CCT-7/3x1, Table 6, ablation, Table 7) and stop starting
-new work past `--deadline` seconds; skipped jobs are listed, never silently dropped.
+Jobs run in priority order (`job_plan`: first what the three targets need, then the other
+CCT-7/3x1 and Table 6 jobs, the ablation, Table 7) and stop starting new work past
+`--deadline` seconds; skipped jobs are listed, never silently dropped. A SIGTERM (the hard
+limit of `timeout` in benchmarks/gpu_check.sh) ends the running job as failed and skips the
+rest, and the tables and JSON are still written.
 Weights are random: latency does not depend on trained values.
-Exit: 0 ran, 1 a job failed (the others still ran), 2 bad usage, 3 no CUDA device (nothing measured).
+Exit: 0 ran, 1 a job failed (the others still ran) or SIGTERM, 2 bad usage, 3 no CUDA device.
 
 This module also holds the runner factories behind `lsmha-bench latency --backend`
 torch-stacked, torch-compile-graph, torch-compile-streams and cuda-graph.
@@ -36,6 +39,7 @@ import torch
 
 from ..models import CCT, committee_specs, parse_committee
 from .backends import Runner, make_runner
+from .hardlimit import from_hard_limit, sigterm_stops
 from .latency import LatencyRow, build_members, time_row
 from .table import format_table
 
@@ -63,6 +67,16 @@ GROUPS: dict[str, str] = {"cct_7_3x1": "cct_7_3x1", "committee-5": "table6:5", "
 BASELINE = "cct_7_3x1"
 DEFAULT_BACKENDS = ["torch-compile-graph", "cuda-graph", "torch-bf16", "torch", "torch-compile-streams"]
 DEFAULT_BATCHES = [1, 8, 64, 256]
+# (group, backend) main jobs in the order the issue's targets need them (see `targets`), then the
+# cheap eager bf16 baseline and stock compile of Table 6; compiling jobs take tens of seconds each
+PRIORITY: tuple[tuple[str, str], ...] = (
+    (BASELINE, "torch-compile-graph"),
+    (BASELINE, "cuda-graph"),
+    ("committee-5", "cuda-graph"),
+    ("committee-5", "torch-bf16"),
+    (BASELINE, "torch-bf16"),
+    ("committee-5", "torch-compile-graph"),
+)
 # engine levers, each switched off alone (or changed) against the full engine, at batch 1
 LEVERS: dict[str, dict[str, Any]] = {
     "cuda-graph": {},
@@ -188,6 +202,19 @@ def cuda_graph_engine(models: list[CCT], device: torch.device, max_batch: int, *
 GpuRow = LatencyRow  # one row type for both harnesses
 
 
+def job_plan(backends: list[str], ablation: bool = True) -> list[tuple[str, str, str, list[int] | None]]:
+    """(kind, group, backend or lever, batches; None: the --batch list) in the order they run:
+    `PRIORITY` pairs among `backends`, the other CCT-7/3x1 and Table 6 jobs, the levers at batch 1
+    (Table 6 first), Table 7."""
+    pairs = [(g, b) for g, b in PRIORITY if b in backends]
+    pairs += [(g, b) for g in (BASELINE, "committee-5") for b in backends if (g, b) not in pairs]
+    plan: list[tuple[str, str, str, list[int] | None]] = [("main", g, b, None) for g, b in pairs]
+    if ablation:
+        plan += [("ablation", g, lever, [1]) for g in ("committee-5", BASELINE) for lever in LEVERS]
+    plan += [("main", "committee-10", b, None) for b in backends]
+    return plan
+
+
 def _members(spec_text: str, seed: int) -> list[CCT]:
     return build_members(committee_specs(parse_committee(spec_text), num_classes=100), seed)
 
@@ -207,9 +234,11 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Time every (group, backend, batch) and the engine's levers at batch 1, until `deadline_s`.
 
-    Returns {"rows", "ablation", "skipped", "errors", "crossover", "targets"} (rows as dicts); `on_job`
-    receives that partial result after each job (so a killed run still leaves its rows).
-    `groups` maps the three keys of `GROUPS` to committee strings (tests use tiny members)."""
+    Returns {"rows", "ablation", "skipped", "errors", "stopped_by_sigterm", "crossover", "targets"}
+    (rows as dicts); `on_job` receives that partial result after each job (so a killed run still
+    leaves its rows).
+    `groups` maps the three keys of `GROUPS` to committee strings (tests use tiny members).
+    A `hardlimit.HardLimit` (see `sigterm_stops`) fails the running job and skips all later ones."""
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -220,16 +249,16 @@ def run_comparison(
     skipped: list[str] = []
     errors: list[str] = []
     # priority order: what the targets need first, the ablation before the ten-member committee
-    plan = [("main", g, b, batches) for g in (BASELINE, "committee-5") for b in backends]
-    if ablation:
-        plan += [("ablation", g, lever, [1]) for g in ("committee-5", BASELINE) for lever in LEVERS]
-    plan += [("main", "committee-10", b, batches) for b in backends]
+    plan = [(kind, group, name, sizes or batches) for kind, group, name, sizes in job_plan(backends, ablation)]
     bar = tqdm(total=sum(len(job[3]) for job in plan), desc="gpu bench", disable=not progress)
+    stopped = False
     for kind, group, name, sizes in plan:
-        if time.perf_counter() - start > deadline_s:
-            skipped += [f"{kind} {group} {name} batch {b}: past the {deadline_s:.0f} s deadline" for b in sizes]
+        if stopped or time.perf_counter() - start > deadline_s:
+            why = "after SIGTERM (the hard time limit)" if stopped else f"past the {deadline_s:.0f} s deadline"
+            skipped += [f"{kind} {group} {name} batch {b}: {why}" for b in sizes]
             bar.update(len(sizes))
             continue
+        began = time.perf_counter()
         try:  # one broken job is reported (traceback on stderr, listed in "errors"), the others still run
             members = _members(groups[group], seed)
             if kind == "main":
@@ -245,16 +274,26 @@ def run_comparison(
                 bar.update()
         except Exception as err:
             traceback.print_exc()
-            errors.append(f"{kind} {group} {name}: {type(err).__name__}: {err}")
+            stopped = from_hard_limit(err)
+            what = "HardLimit: stopped by SIGTERM (the hard time limit)" if stopped else f"{type(err).__name__}: {err}"
+            errors.append(f"{kind} {group} {name}: {what}")
         runner = members = None
-        torch.cuda.empty_cache()
+        try:
+            torch.cuda.empty_cache()
+        except Exception:  # a CUDA error left by a failed job: report it, the tables must still come
+            traceback.print_exc()
+        if not progress:  # a log line per job: where a run's time went (compiles take tens of seconds)
+            now = time.perf_counter()
+            print(f"[{now - start:4.0f} s] {kind} {group} {name}: {now - began:.1f} s", flush=True)
         if on_job:
-            on_job(_result(rows, lever_rows, skipped, errors))
+            on_job(_result(rows, lever_rows, skipped, errors, stopped))
     bar.close()
-    return _result(rows, lever_rows, skipped, errors)
+    return _result(rows, lever_rows, skipped, errors, stopped)
 
 
-def _result(rows: list[GpuRow], lever_rows: list[GpuRow], skipped: list[str], errors: list[str]) -> dict[str, Any]:
+def _result(
+    rows: list[GpuRow], lever_rows: list[GpuRow], skipped: list[str], errors: list[str], stopped: bool = False
+) -> dict[str, Any]:
     base = {(r.backend, r.batch): r.median_ms for r in rows if r.model == BASELINE}
     for r in rows:
         r.ratio_vs_baseline = r.median_ms / base[(r.backend, r.batch)] if (r.backend, r.batch) in base else None
@@ -266,6 +305,7 @@ def _result(rows: list[GpuRow], lever_rows: list[GpuRow], skipped: list[str], er
         "ablation": [asdict(r) for r in lever_rows],
         "skipped": list(skipped),
         "errors": list(errors),
+        "stopped_by_sigterm": stopped,
         "crossover": crossover(rows),
         "targets": targets(rows),
     }
@@ -380,14 +420,25 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     path = args.json or results_path(args.results_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
 
+    last: dict[str, Any] = _result([], [], [], [])
+
     def write(result: dict[str, Any], complete: bool) -> None:
+        last.update(result)
         path.write_text(json.dumps({"facts": facts, "complete": complete, **result}, indent=2) + "\n")
 
-    result = run_comparison(
-        backends, args.batch, device, args.deadline, args.warmup, args.budget, args.seed,
-        not args.no_ablation, not args.no_progress, on_job=lambda partial: write(partial, False),
-    )  # fmt: skip
-    write(result, True)
+    print(f"results: {path} (rewritten after every job)", flush=True)
+    try:
+        with sigterm_stops():
+            result = run_comparison(
+                backends, args.batch, device, args.deadline, args.warmup, args.budget, args.seed,
+                not args.no_ablation, not args.no_progress, on_job=lambda partial: write(partial, False),
+            )  # fmt: skip
+    except Exception as err:  # SIGTERM between two jobs: keep the last partial result
+        if not from_hard_limit(err):
+            raise
+        result = {**last, "errors": [*last["errors"], "SIGTERM (the hard time limit) between jobs: the rest skipped"]}
+        result["stopped_by_sigterm"] = True
+    write(result, not result["stopped_by_sigterm"])
     headers = ["model", "backend", "batch", "median ms", "p90 ms", "images/s", "TFLOP/s", "% peak", "vs CCT-7"]
     keys = ["model", "backend", "batch", "median_ms", "p90_ms", "images_per_s", "tflops", "pct_peak"]
     print(format_table(headers, [[r[k] for k in keys] + [r["ratio_vs_baseline"]] for r in result["rows"]]))

@@ -6,9 +6,11 @@ committee / baseline is taken within the same run, backend and batch.
 
 from __future__ import annotations
 
+import datetime
 import platform
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,13 +97,32 @@ def build_members(specs: list[CCTSpec], seed: int = 0) -> list[CCT]:
     return [CCT(s).eval() for s in specs]
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_facts(device: torch.device) -> dict[str, str]:
     facts = {
         "torch": torch.__version__,
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "threads": str(torch.get_num_threads()),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+    try:
+        import onnxruntime
+
+        facts["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts

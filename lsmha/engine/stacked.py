@@ -72,6 +72,11 @@ def _linear_t(linears: Sequence[nn.Linear]) -> tuple[nn.Parameter, nn.Parameter 
     return weight, bias
 
 
+def _index(order: Sequence[int]) -> torch.Tensor:
+    """The gather index that puts items listed in `order` back in ascending order."""
+    return torch.tensor([list(order).index(i) for i in sorted(order)])
+
+
 def _bmm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """(G, M, in) @ (G, in, out) + (G, 1, out) -> (G, M, out)."""
     return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
@@ -108,13 +113,19 @@ class StackedAttention(nn.Module):
         by_heads: dict[int, list[int]] = {}
         for g, a in enumerate(attns):
             by_heads.setdefault(a.heads, []).append(g)
-        # (heads, member indices as a slice when contiguous, else a list)
-        self.parts: list[tuple[int, slice | list[int]]] = [
-            (h, slice(idx[0], idx[-1] + 1) if idx == list(range(idx[0], idx[-1] + 1)) else idx)
-            for h, idx in by_heads.items()
-        ]
+        # (heads, member indices as a slice when contiguous, else the name of an index buffer).
+        # Index tensors live in buffers (moved with the module): a Python-list index would build
+        # a host tensor and copy it to the GPU with a sync on every call, illegal in CUDA-graph capture.
+        self.parts: list[tuple[int, slice | str]] = []
+        for h, idx in by_heads.items():
+            if idx == list(range(idx[0], idx[-1] + 1)):
+                self.parts.append((h, slice(idx[0], idx[-1] + 1)))
+            else:
+                self.register_buffer(f"part{len(self.parts)}", torch.tensor(idx), persistent=False)
+                self.parts.append((h, f"part{len(self.parts)}"))
         order = [g for _, idx in by_heads.items() for g in idx]
-        self.restore = None if order == sorted(order) else [order.index(g) for g in range(len(order))]
+        self.reorder = order != sorted(order)
+        self.register_buffer("restore", _index(order) if self.reorder else None, persistent=False)
 
     @staticmethod
     def _sdpa(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -132,10 +143,13 @@ class StackedAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, B, N, D)
         G, B, N, D = x.shape
         qkv = torch.bmm(x.reshape(G, B * N, D), self.qkv_w).view(G, B, N, 3 * D)
-        outs = [self._sdpa(qkv[idx], heads) for heads, idx in self.parts]
+        outs = [
+            self._sdpa(qkv[idx] if isinstance(idx, slice) else qkv.index_select(0, getattr(self, idx)), heads)
+            for heads, idx in self.parts
+        ]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        if self.restore is not None:
-            out = out[self.restore]
+        if self.reorder:
+            out = out.index_select(0, self.restore)
         return _bmm_linear(out.reshape(G, B * N, D), self.proj_w, self.proj_b).view(G, B, N, D)
 
 
@@ -251,7 +265,9 @@ class StackedCommittee(nn.Module):
             StackedCCT([models[i] for i in g]) if len(g) > 1 else MemberUnit(models[g[0]]) for g in groups
         )
         order = [i for g in groups for i in g]
-        self.restore = None if order == list(range(len(order))) else [order.index(i) for i in range(len(order))]
+        self.reorder = order != list(range(len(order)))
+        # a buffer, not a list: see StackedAttention (no host-to-device copy inside CUDA-graph capture)
+        self.register_buffer("restore", _index(order) if self.reorder else None, persistent=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -264,7 +280,7 @@ class StackedCommittee(nn.Module):
     def combine(self, outs: Sequence[torch.Tensor]) -> torch.Tensor:
         """Unit outputs (g, B, C) -> member logits (M, B, C) float32, in committee order."""
         member = torch.cat([o.float() for o in outs]) if len(outs) > 1 else outs[0].float()
-        return member if self.restore is None else member[self.restore]
+        return member.index_select(0, self.restore) if self.reorder else member
 
     def member_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Raw images (B, c, H, W) -> each member's logits (M, B, C) float32."""

@@ -86,6 +86,23 @@ def cuda_capability(device: torch.device | str = "cuda") -> str:
     return f"{major}.{minor}"
 
 
+def cuda_toolkit_missing() -> str | None:
+    """Why a CUDA package cannot be compiled here, or None when a CUDA toolkit is found.
+
+    AOTInductor compiles its C++ wrapper against the CUDA headers of `CUDA_HOME` (else the
+    toolkit of the `nvcc` on PATH, else /usr/local/cuda); torch's wheels do not ship them."""
+    try:
+        from torch.utils.cpp_extension import CUDA_HOME
+    except Exception:  # cannot tell here: the compile itself will say
+        return None
+    if CUDA_HOME:
+        return None
+    return (
+        "no CUDA toolkit found (CUDA_HOME unset, no nvcc on PATH, no /usr/local/cuda): AOTInductor compiles its "
+        "C++ wrapper against the CUDA headers; install the toolkit or set CUDA_HOME, or build with --device cpu"
+    )
+
+
 def target_facts(device: str) -> dict[str, str]:
     """What a package built here for `device` ("cpu" or "cuda[:i]") is tied to."""
     dev = torch.device(device)
@@ -153,8 +170,11 @@ def export_aoti(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if not 1 <= max_batch <= MAX_BATCH:
         raise ValueError(f"max_batch must be in 1..{MAX_BATCH}, got {max_batch}")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("cannot build a CUDA AOTInductor package: torch sees no CUDA device; use --device cpu")
+    if torch.device(device).type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("cannot build a CUDA AOTInductor package: torch sees no CUDA device; use --device cpu")
+        if why := cuda_toolkit_missing():  # before the export: fail in a second, not after it
+            raise RuntimeError(f"cannot build a CUDA AOTInductor package: {why}")
     models = list(models)
     dtype = PRECISIONS[precision]
     if scope == COMMITTEE:
