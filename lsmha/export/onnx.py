@@ -175,8 +175,9 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     matter: on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) ORT's u8 x s8
     kernel adds pairs of products in int16 (`vpmaddubsw`), and 255 x 127 x 2
     overflows it, so full-range weights give saturated, wrong sums. On the trained
-    digits committee the 8-bit per-tensor variant had relative logit error 0.117 and
-    this one 0.006, at the same speed on a 2-core AVX2 machine (README, Performance)."""
+    digits committee `lsmha-export verify` measured relative logit error 0.117 for the
+    8-bit per-tensor variant and 0.012 for this one, at the same speed on a 2-core AVX2
+    machine (README, "What the numbers say")."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 

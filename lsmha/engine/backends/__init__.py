@@ -10,9 +10,9 @@ and is listed in `BACKENDS` below. `backend="auto"` tries `AUTO_ORDER`
 (fastest first) among the registered backends whose packages are present and
 whose files the source holds, and reports why each skipped one was skipped.
 When the committee will run on the CPU (device="cpu", or torch sees no CUDA
-device) it tries `CPU_AUTO_ORDER` instead: on a CPU, ONNX Runtime ran CCT-7/3x1
-and the Table 6 committee faster than the AOTInductor package in every
-interleaved run (README, Performance), so it comes first there.
+device) it tries `CPU_AUTO_ORDER` instead: on a CPU, ONNX Runtime ran the Table 6
+committee faster than the AOTInductor package in all four interleaved runs, and
+CCT-7/3x1 in three of four (README, "What the numbers say"), so it comes first there.
 """
 
 from __future__ import annotations
