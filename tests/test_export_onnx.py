@@ -224,3 +224,16 @@ def test_int8_has_no_int16_saturation_on_full_range_operands(tmp_path):
     got = session.run(None, {"x": x})[0]
     ref = x.astype(np.float64) @ weight
     assert np.abs(got - ref).max() <= 0.01 * np.abs(ref).max()
+
+
+def test_sources_take_the_bench_committee_notation():
+    from lsmha.export.onnx_cli import load_members
+    from lsmha.models import PAPER_COMMITTEES, committee_specs
+
+    (first,) = load_members(["table6:1"], num_classes=10)
+    assert first.spec == committee_specs(PAPER_COMMITTEES["table6"][:1], num_classes=10)[0]
+    a, b = load_members(["cct_1_3x1:heads=2,cct_1_3x1:dim=64"], num_classes=7)
+    assert (a.spec.heads, b.spec.dim, a.spec.num_classes) == (2, 64, 7)
+    assert not torch.equal(a.fc.weight, load_members(["cct_1_3x1:heads=2"], num_classes=7, seed=1)[0].fc.weight)
+    with pytest.raises(ValueError, match=r"cannot read member source 'nope'.*table6:5.*name:field=value"):
+        load_members(["nope"])

@@ -10,11 +10,13 @@ from .manifest import MANIFEST
 
 
 def load_members(sources: list[str], num_classes: int | None = None, seed: int = 0) -> list:
-    """Members from a committee.json (or its directory), .safetensors checkpoints, or model
-    names (`lsmha.list_models()`, random weights: for latency work only)."""
+    """Members from a committee.json (or its directory), .safetensors checkpoints, or the
+    committee notation of `lsmha-bench latency` with random weights (latency work only):
+    a model name (`lsmha.list_models()`), a paper committee (`table6`, `table6:5`), or
+    `name[:field=value...]` items separated by commas."""
     import torch
 
-    from ..models import create_model, list_models, load, read_committee
+    from ..models import CCT, committee_specs, list_models, load, parse_committee, read_committee
 
     members = []
     for src in sources:
@@ -24,15 +26,18 @@ def load_members(sources: list[str], num_classes: int | None = None, seed: int =
             members += [load(p) for p in checkpoints]
         elif path.suffix == ".safetensors":
             members.append(load(path))
-        elif src in list_models():
-            torch.manual_seed(seed + len(members))
-            overrides = {"num_classes": num_classes} if num_classes else {}
-            members.append(create_model(src, **overrides).eval())
         else:
-            raise ValueError(
-                f"cannot read member source {src!r}: expected a committee.json (or its directory), "
-                f"a .safetensors checkpoint, or a model name among {', '.join(list_models())}"
-            )
+            try:
+                specs = committee_specs(parse_committee(src), **({"num_classes": num_classes} if num_classes else {}))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(
+                    f"cannot read member source {src!r}: expected a committee.json (or its directory), a "
+                    f".safetensors checkpoint, or members as model names among {', '.join(list_models())}, "
+                    f"a paper committee (table5, table6:5, ...) or name:field=value items ({err})"
+                ) from None
+            for spec in specs:
+                torch.manual_seed(seed + len(members))
+                members.append(CCT(spec).eval())
     return members
 
 
@@ -47,7 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("sources", nargs="+", help="committee.json (or its dir), .safetensors files, or model names")
+    p.add_argument(
+        "sources", nargs="+",
+        help="committee.json (or its dir), .safetensors files, or members with random weights: model names, "
+        "a paper committee (table6:5) or name:field=value items (cct_2_3x5:heads=4)",
+    )  # fmt: skip
     p.add_argument("-o", "--out", type=Path, required=True, help="export directory (created)")
     p.add_argument(
         "--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
