@@ -195,3 +195,14 @@ def test_export_program_accepts_max_batch_1():
     program = export_program(CommitteeGraph([CCT(TINY).eval()], torch.float32), TINY, "cpu", max_batch=1)
     logits = program.module()(torch.rand(1, 3, 16, 16) * 255)[0]
     assert logits.shape == (1, 10)
+
+
+def test_cuda_toolkit_check_names_what_is_missing(monkeypatch):
+    import torch.utils.cpp_extension as cpp_extension
+
+    from lsmha.export.aoti import cuda_toolkit_missing
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", None)
+    assert "no CUDA toolkit found" in cuda_toolkit_missing() and "--device cpu" in cuda_toolkit_missing()
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/usr/local/cuda")
+    assert cuda_toolkit_missing() is None
