@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..models import CCT, CCTSpec
+from ..models.spec import SpecFacts
 from . import metrics
 from .backends import Backend, Source, open_backend
 from .inputs import check_images
@@ -38,7 +39,7 @@ def check_compatible(specs: Sequence[CCTSpec]) -> None:
             )
 
 
-class Committee:
+class Committee(SpecFacts):
     """A soft committee of CCT members.
 
     Args:
@@ -114,18 +115,6 @@ class Committee:
     def members(self) -> list[str]:
         """Member names (the spec's name, or "member<i>")."""
         return [s.name or f"member{i}" for i, s in enumerate(self.specs)]
-
-    @property
-    def num_classes(self) -> int:
-        return self.specs[0].num_classes
-
-    @property
-    def img_size(self) -> int:
-        return self.specs[0].img_size
-
-    @property
-    def in_chans(self) -> int:
-        return self.specs[0].in_chans
 
     @property
     def backend(self) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..models import CCTSpec
 from ..models.manifest import resolve_inside, sha256_file
+from ..models.spec import SpecFacts
 
 FORMAT = "lsmha-export-1"
 MANIFEST = "manifest.json"
@@ -92,25 +93,13 @@ class FileEntry:
 
 
 @dataclass
-class ExportManifest:
+class ExportManifest(SpecFacts):
     """The manifest of one export directory: the committee's member specs and its files."""
 
     directory: Path
     specs: list[CCTSpec]
     files: list[FileEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return self.specs[0].num_classes
-
-    @property
-    def img_size(self) -> int:
-        return self.specs[0].img_size
-
-    @property
-    def in_chans(self) -> int:
-        return self.specs[0].in_chans
 
     def find(
         self, format: str | None = None, precision: str | None = None, scope: str | int | None = None

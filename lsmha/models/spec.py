@@ -141,3 +141,21 @@ class CCTSpec:
         if not isinstance(data, dict):
             raise ValueError(f"CCTSpec JSON must be an object, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+class SpecFacts:
+    """What every member of a committee shares, read from `self.specs` (checked equal at construction)."""
+
+    specs: list[CCTSpec]
+
+    @property
+    def num_classes(self) -> int:
+        return self.specs[0].num_classes
+
+    @property
+    def img_size(self) -> int:
+        return self.specs[0].img_size
+
+    @property
+    def in_chans(self) -> int:
+        return self.specs[0].in_chans
