@@ -16,14 +16,13 @@ free `extra` dict). A format is only a string, so new artifact kinds ("plan",
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..models import CCTSpec
-from ..models.manifest import resolve_inside, sha256_file
+from ..models.manifest import read_json_document, resolve_inside, sha256_file, write_json_atomic
 from ..models.spec import SpecFacts
 
 FORMAT = "lsmha-export-1"
@@ -178,11 +177,7 @@ def file_entry(
 
 def write_manifest(manifest: ExportManifest) -> Path:
     """Write `manifest.json` into the manifest's directory (atomically)."""
-    path = Path(manifest.directory) / MANIFEST
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(manifest.directory) / MANIFEST, manifest.to_dict())
 
 
 def add_entries(directory: str | os.PathLike, entries: list[FileEntry]) -> ExportManifest:
@@ -198,17 +193,7 @@ def add_entries(directory: str | os.PathLike, entries: list[FileEntry]) -> Expor
 def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifest:
     """Read `manifest.json` (or the directory holding it). With `verify`, every file
     must exist inside the directory and match its sha256, else ValueError/FileNotFoundError."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"export manifest not found: {path} (write one with `lsmha-export onnx`)")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    path, doc = read_json_document(path, MANIFEST, FORMAT, " (the export manifest: write one with `lsmha-export onnx`)")
     directory = path.parent.resolve()
     specs = [CCTSpec.from_dict(s) for s in doc["members"]]
     files = [FileEntry.from_dict(f) for f in doc.get("files", [])]

@@ -33,6 +33,33 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return candidate
 
 
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
+    """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hint: str = "") -> tuple[Path, dict]:
+    """The JSON document at `path` (or `path / default_name` for a directory) and its path.
+
+    FileNotFoundError when it is missing (with `hint`), ValueError when it is not JSON or its
+    "format" is not `fmt`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found{hint}")
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if doc.get("format") != fmt:
+        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {fmt!r}")
+    return path, doc
+
+
 def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike], **extra: Any) -> Path:
     """Write `committee.json` at `path` for `checkpoints` (which must lie under its
     directory). Members must agree on classes, image size and channels."""
@@ -59,25 +86,12 @@ def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike
         "in_chans": shape[2],
         **extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, doc)
 
 
 def read_committee(path: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]:
     """The manifest document and its members' verified checkpoint paths."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "committee.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"committee manifest not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+    path, doc = read_json_document(path, "committee.json", FORMAT, " (the committee manifest)")
     paths = []
     for member in doc["members"]:
         ck = resolve_inside(path.parent, member["checkpoint"])
