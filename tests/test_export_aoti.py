@@ -116,12 +116,12 @@ def test_package_from_another_torch_is_refused_with_the_rebuild_command(committe
     for f in directory.iterdir():
         shutil.copy(f, tmp_path / f.name)
     doc = json.loads((tmp_path / "manifest.json").read_text())
-    doc["files"][-1]["versions"]["torch"] = "2.6.0+cu124"
+    doc["files"][-1]["versions"]["torch"] = "2.5.1+cu124"  # older than any supported torch
     (tmp_path / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BackendUnavailable) as err:
         Committee.load(tmp_path, backend="aoti")
     msg = str(err.value)
-    assert "torch '2.6.0+cu124'" in msg and torch.__version__ in msg
+    assert "torch '2.5.1+cu124'" in msg and torch.__version__ in msg
     assert f"lsmha-export aoti {tmp_path} --device cpu --precision fp32" in msg
     assert Committee.load(tmp_path).backend.startswith(("torch", "onnxruntime"))  # auto falls through
 

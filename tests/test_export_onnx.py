@@ -237,3 +237,12 @@ def test_sources_take_the_bench_committee_notation():
     assert not torch.equal(a.fc.weight, load_members(["cct_1_3x1:heads=2"], num_classes=7, seed=1)[0].fc.weight)
     with pytest.raises(ValueError, match=r"cannot read member source 'nope'.*table6:5.*name:field=value"):
         load_members(["nope"])
+
+
+def test_attention_translation_refuses_what_onnx_attention_cannot_express():
+    from lsmha.export.onnx import _sdpa_to_attention
+
+    with pytest.raises(ValueError, match="export the model in eval mode"):
+        _sdpa_to_attention(None, None, None, dropout_p=0.1)
+    with pytest.raises(ValueError, match="grouped-query attention"):
+        _sdpa_to_attention(None, None, None, enable_gqa=True)

@@ -3,9 +3,9 @@
 The graph takes raw pixels, float32 (N, C, H, W) with a dynamic batch axis, and
 standardises each image inside the graph (shared by all members of a committee
 graph, since every member standardises identically). Attention is the ONNX
-`Attention` operator that torch's dynamo exporter emits for
-`F.scaled_dot_product_attention` at opset 23 (head sizes padded to a multiple of
-8 stay padded inside it, with the true scale). Files are self-contained (no
+`Attention` operator (opset 23), which `_sdpa_to_attention` writes for
+`F.scaled_dot_product_attention` on every torch from 2.6 (head sizes padded to a
+multiple of 8 stay padded inside it, with the true scale). Files are self-contained (no
 external data) and carry the member specs in `metadata_props`.
 
 Outputs: a member graph gives `logits` (N, classes); a committee graph gives
@@ -108,6 +108,32 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _sdpa_to_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Any:
+    """`aten.scaled_dot_product_attention` as ONE opset-23 `Attention` node (4-D Q, K, V).
+
+    torch >= 2.9 with onnxscript >= 0.5 emits the same node by itself; older exporters
+    (torch 2.6 to 2.8) decompose attention into MatMul/Softmax unless given this
+    translation. Traced by the exporter, so the checks below run at export time."""
+    from onnxscript import opset23 as op
+
+    if dropout_p:
+        raise ValueError(f"attention dropout {dropout_p} in an exported graph: export the model in eval mode")
+    if enable_gqa:
+        raise ValueError("grouped-query attention (enable_gqa=True) is not exported by lsmha")
+    # the node has four outputs (Y, present key and value, QK products); only Y is used
+    y, _, _, _ = op.Attention(query, key, value, attn_mask=attn_mask, scale=scale, is_causal=is_causal)
+    return y
+
+
 def export_graph(
     module: nn.Module,
     path: str | os.PathLike,
@@ -137,6 +163,8 @@ def export_graph(
             dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=1 << 16)}},
             external_data=False,
             verbose=False,
+            optimize=True,  # the default from torch 2.9; torch 2.6 to 2.8 default to False
+            custom_translation_table={torch.ops.aten.scaled_dot_product_attention.default: _sdpa_to_attention},
         )
     proto = program.model_proto
     counts = op_counts(proto)
@@ -144,7 +172,7 @@ def export_graph(
     if counts.get("Attention", 0) != blocks:
         raise RuntimeError(
             f"expected {blocks} fused ONNX Attention nodes at opset {opset}, the exporter wrote "
-            f"{counts.get('Attention', 0)} ({dict(counts)}); use torch>=2.9 with onnxscript>=0.5"
+            f"{counts.get('Attention', 0)} ({dict(counts)})"
         )
     meta = {
         "lsmha.format": "lsmha-onnx-1",
