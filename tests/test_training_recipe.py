@@ -116,3 +116,11 @@ def test_table4_and_table7_epochs():
         2000,
         2000,
     ]
+
+
+def test_packaged_committee_name_wins_over_a_directory_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits4").mkdir()  # e.g. a run directory named after its config
+    assert len(load_committee_config("digits4").members) == 4
+    (tmp_path / "mine").write_text('[[members]]\nmodel = "cct_7_3x1"\n')  # a file without suffix is read
+    assert [m.model for m in load_committee_config("mine").members] == ["cct_7_3x1"]

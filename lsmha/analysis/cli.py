@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..cli_help import HelpFormatter
 from .block import BlockResult, analyse_block
 from .clusters import block_row
 from .heads import HeadRecipe
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lsmha-shp",
         description="Single-head performance (SHP) analysis of a trained CCT (paper §2, Tables 1-2, Figs. 3-4).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="trained model (.safetensors written by lsmha.save)")
     p.add_argument("--dataset", default="cifar100", choices=("cifar100", "digits", "synthetic"), help="data set")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_help import HelpFormatter
 from ..models import committee_specs, parse_committee
 from .backends import BACKENDS, default_backends
 from .gpu import add_gpu_parser
@@ -42,7 +43,7 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
             "size in one run, and report latency, images/s, achieved TFLOP/s and the committee/baseline ratio. "
             "Weights are random: latency does not depend on trained values."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--committee",

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cli_help import HelpFormatter
 from ..models import CCT, committee_specs, parse_committee
 from .backends import Runner, make_runner
 from .hardlimit import from_hard_limit, sigterm_stops
@@ -394,7 +395,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_gpu_parser(sub: argparse._SubParsersAction) -> None:
     """`lsmha-bench gpu`: register this comparison as a subcommand."""
     p = sub.add_parser("gpu", help="stock PyTorch vs the cuda-graph engine on CUDA, one run", description=__doc__,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                       formatter_class=HelpFormatter)  # fmt: skip
     add_arguments(p)
     p.set_defaults(func=cmd_gpu)
 
@@ -462,7 +463,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsmha.bench.gpu", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                                     formatter_class=HelpFormatter)  # fmt: skip
     add_arguments(parser)
     return cmd_gpu(parser.parse_args(argv))
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli_help import HelpFormatter
 from .table import format_table
 
 
@@ -194,7 +195,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="requests/s and p50/p99 latency of lsmha-serve over loopback vs direct Committee.predict",
         description=__doc__.split("\n\n")[0] + " Each answer is checked against direct predict.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", type=Path, help="an export directory or committee.json (what lsmha-serve serves)")
     p.add_argument("--backend", default="auto", help="engine backend for both the server and the direct calls")

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .table import format_table
 
 
@@ -16,7 +17,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="training throughput: model-only step vs the full augmented pipeline",
         description=__doc__,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model",

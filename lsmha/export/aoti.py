@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..cli_help import HelpFormatter
 from ..models import CCT, CCTSpec
 from .manifest import COMMITTEE, FileEntry, TensorInfo, file_entry
 from .onnx import INPUT, CommitteeGraph, MemberGraph
@@ -356,7 +357,6 @@ def write_weights(models: Sequence[CCT], directory: str | os.PathLike) -> None:
 
 def register(sub: Any) -> None:
     """`lsmha-export aoti` (see `lsmha.export.cli`)."""
-    import argparse
 
     p = sub.add_parser(
         "aoti",
@@ -367,7 +367,7 @@ def register(sub: Any) -> None:
             "`lsmha-export onnx`, or started here with --from). The package runs only on the torch build and "
             "CPU ISA / GPU it was compiled for; both are recorded in manifest.json and checked at load."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json, or new with --from)")
     p.add_argument(

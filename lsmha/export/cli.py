@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cli_help import HelpFormatter
+
 SUBCOMMANDS: list[str] = [
     "lsmha.export.onnx_cli",
     "lsmha.export.verify",
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmha-export",
         description="Export CCT committees (ONNX with fused attention, ...) and verify their parity with torch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .manifest import MANIFEST
 
 
@@ -50,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "members + Sum; outputs logits and member_logits), optionally one graph per member, each member's "
             "weights as .safetensors, and manifest.json with sha256, opset, precision and versions."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "sources", nargs="+",

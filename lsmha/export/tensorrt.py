@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..cli_help import HelpFormatter
 from .manifest import COMMITTEE, FileEntry, file_entry
 from .tensorrt_plan import (
     DEFAULT_PROFILE,
@@ -303,7 +304,6 @@ def file_runner(path: Path, entry: FileEntry) -> Callable[[Any], dict[str, Any]]
 
 def register(sub: Any) -> None:
     """`lsmha-export tensorrt` (see `lsmha.export.cli`)."""
-    import argparse
 
     p = sub.add_parser(
         "tensorrt",
@@ -315,7 +315,7 @@ def register(sub: Any) -> None:
             f"TensorRT version and GPU compute capability go into manifest.json and are checked at load. "
             f"Needs a CUDA GPU and TensorRT: {INSTALL}."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json and the ONNX files)")
     p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="plan precision")

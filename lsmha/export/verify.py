@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli_help import HelpFormatter
 from .manifest import COMMITTEE, ExportManifest, FileEntry, read_manifest
 
 # precision -> (max relative error, min top-1 agreement)
@@ -181,7 +182,6 @@ def rows_as_dicts(rows: list[ParityRow]) -> list[dict[str, Any]]:
 
 def register(sub: Any) -> None:
     """The `lsmha-export verify` subcommand."""
-    import argparse
 
     p = sub.add_parser(
         "verify",
@@ -193,7 +193,7 @@ def register(sub: Any) -> None:
             + ", ".join(f"{k}: rel<={r:g}, top1>={t:.0%}" for k, (r, t) in TOLERANCES.items())
             + "."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json)")
     p.add_argument("--count", type=int, default=64, help="images per input set")

@@ -62,7 +62,7 @@ def parse_committee(text: str) -> list[Member]:
 
     Forms: a paper committee (`table6`), its first k members (`table6:5`), or
     members separated by commas, each `name[:field=value...]` with `/` between
-    per-block heads: `cct_2_3x2:dim=1024:heads=64,cct_1_3x1:heads=4/8`.
+    per-block heads: `cct_2_3x2:dim=1024:heads=64,cct_2_3x2:heads=4/8`.
     """
     text = text.strip()
     name, _, rest = text.partition(":")

@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from .app import CommitteeService, ServeConfig, create_app
 
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lsmha-serve",
         description="Serve a soft committee over HTTP with the KServe v2 inference protocol "
         "(JSON tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "dir", type=Path, help="an export directory (manifest.json), a committee.json, or a directory with one"

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from ..export.manifest import COMMITTEE, FileEntry, TensorInfo, read_manifest
 
 DEFAULT_NAME = "lsmha_committee"
@@ -219,7 +220,7 @@ def add_triton_parser(sub: argparse._SubParsersAction) -> None:
         description="Write a model repository that NVIDIA Triton loads unchanged: the committee as one model "
         "(onnxruntime_onnx, or tensorrt_plan when the export holds a plan) with max_batch_size, dims, "
         "dynamic_batching and instance_group.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dir", type=Path, help="an export directory (from `lsmha-export onnx`)")
     p.add_argument("--out", type=Path, required=True, help="the model repository root to write into")
@@ -255,7 +256,8 @@ def cmd_triton(args: argparse.Namespace) -> int:
     print(f"wrote Triton model {args.name!r} to {model_dir}:")
     for f in files:
         print(f"  {f}")
-    print(f"run: docker run --gpus all --rm -p 8000:8000 -v {Path(args.out).resolve()}:/models "
+    ports = "-p 8000:8000 -p 8001:8001 -p 8002:8002"  # HTTP, gRPC, metrics
+    print(f"run: docker run --gpus all --rm {ports} -v {Path(args.out).resolve()}:/models "
           "nvcr.io/nvidia/tritonserver:<ver>-py3 tritonserver --model-repository=/models")  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli_help import HelpFormatter
 from ..models import model_spec
 from ..models.committees import parse_value
 from .committee import load_committee_config, member_runs, train_committee
@@ -52,12 +53,11 @@ def _check_data(args: argparse.Namespace) -> None:
         find_cifar100(args.data_dir)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, recipe_default: str | None = "backbone") -> None:
     p.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
     p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (python or binary layout)")
-    p.add_argument(
-        "--recipe", default="backbone", help="preset (backbone, head) or a TOML file; committee: its [recipe]"
-    )
+    where = "" if recipe_default else " (default: the config's [recipe] table, else backbone)"
+    p.add_argument("--recipe", default=recipe_default, help=f"preset (backbone, head) or a TOML file{where}")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
@@ -72,13 +72,20 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train one model", formatter_class=fmt)
+    run = sub.add_parser(
+        "run",
+        help="train one model",
+        description="Train one CCT with the paper's recipe. The run directory keeps metrics.jsonl, a resumable "
+        "train_state.pt (written every epoch), model.safetensors and val_logits.npy; --resume continues it "
+        "after the last finished epoch (give the same arguments again).",
+        formatter_class=fmt,
+    )
     run.add_argument("--model", required=True, help="registry name, e.g. cct_2_3x2")
     run.add_argument("--dim", type=int, default=None, help="override the embedding dim")
     run.add_argument("--heads", default=None, help="heads: one int, or per block as 4/4/16")
@@ -87,21 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out")
     _common(run)
 
-    com = sub.add_parser("committee", help="train every member of a committee, then report", formatter_class=fmt)
+    com = sub.add_parser(
+        "committee",
+        help="train every member of a committee, then report",
+        description="Train every member of a committee config one after another (each a resumable run under "
+        "OUT/members/; finished members are kept), then write committee.json and a report of member and "
+        "soft-committee (sum of logits) validation accuracy.",
+        formatter_class=fmt,
+    )
     com.add_argument("--config", required=True, help="committee TOML, or a packaged name (table4..7, digits4)")
     com.add_argument("--first", type=int, default=None, help="only the first K members")
     com.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="CCTSpec override for all")
     com.add_argument("--out", type=Path, required=True, help="committee directory (members under members/)")
-    _common(com)
-    com.set_defaults(recipe=None)
+    _common(com, recipe_default=None)
 
-    ev = sub.add_parser("eval", help="validation accuracy of a checkpoint", formatter_class=fmt)
+    ev = sub.add_parser(
+        "eval",
+        help="validation accuracy of a checkpoint",
+        description="Validation accuracy of a checkpoint written by lsmha-train (the facts recorded in it are "
+        "printed beside the measured value).",
+        formatter_class=fmt,
+    )
     ev.add_argument("checkpoint", type=Path, help="model.safetensors written by lsmha-train")
     ev.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
     ev.add_argument("--data-dir", default=None, help="CIFAR-100 directory")
     ev.add_argument("--batch-size", type=int, default=256, help="images per step")
     ev.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
-    ev.add_argument("--device", default="cpu", help="cpu or cuda")
+    ev.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ev.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the result as JSON")
     return parser
 
@@ -194,9 +213,12 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args)
-    result = evaluate_checkpoint(
-        args.checkpoint, args.dataset, args.data_dir, args.batch_size, args.device, args.limit_val
-    )
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.batch_size, device, args.limit_val)
     result.pop("logits")
     print(f"{'checkpoint':<12} {result['checkpoint']}")
     print(f"{'dataset':<12} {result['dataset']} ({result['images']} validation images)")

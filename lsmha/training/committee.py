@@ -62,7 +62,7 @@ class CommitteeConfig:
 def load_committee_config(path: str | os.PathLike) -> CommitteeConfig:
     """Read a committee TOML; a bare name (`table6`) reads the packaged configs/<name>.toml."""
     p = Path(path)
-    if not p.suffix and not p.exists():
+    if not p.suffix and not p.is_file():  # a directory of that name (a run dir, say) is not the config
         p = CONFIG_DIR / f"{path}.toml"
     doc = read_toml(p)
     unknown = sorted(set(doc) - _FILE_KEYS)
