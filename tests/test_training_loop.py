@@ -71,6 +71,10 @@ def test_run_writes_checkpoint_logits_metrics_and_resume_of_finished_run_does_no
     assert main(["run", *TINY, *SYNTH, "--epochs", "3", "--out", str(out), "--resume"]) == 2
     assert "different recipe" in capsys.readouterr().err
 
+    fresh = tmp_path / "typo"  # --resume where no run is: said, then a fresh run
+    assert main(["run", *TINY, *SYNTH, "--epochs", "1", "--out", str(fresh), "--resume"]) == 0
+    assert "holds no run yet; starting a fresh one" in capsys.readouterr().err and len(_metrics(fresh)) == 1
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

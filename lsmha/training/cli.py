@@ -25,6 +25,7 @@ from .distributed import init_distributed, shutdown
 from .evaluate import evaluate_checkpoint
 from .loop import RunConfig, train
 from .recipe import Recipe, check_keys, load_recipe
+from .state import STATE_FILE
 
 
 class UsageError(ValueError):
@@ -144,6 +145,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec, recipe, args.dataset, args.out, args.data_dir, args.limit_train, args.limit_val, args.resume,
         not args.no_progress,
     )  # fmt: skip
+    if args.resume and not (args.out / STATE_FILE).exists():
+        print(f"lsmha-train run: --resume: {args.out} holds no run yet; starting a fresh one", file=sys.stderr)
     ctx = init_distributed(args.device)
     try:
         result = train(cfg, ctx)
