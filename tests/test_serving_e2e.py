@@ -20,7 +20,7 @@ import uvicorn
 from lsmha import create_model
 from lsmha.engine import Committee
 from lsmha.serving import CommitteeService, ServeConfig, create_app
-from lsmha.serving.protocol import decode_outputs, encode_images
+from lsmha.serving.protocol import decode_outputs, encode_images, join_body
 
 NAME = "lsmha_committee"
 
@@ -174,6 +174,35 @@ def test_bad_input_gets_its_status_then_a_good_request_is_answered(server, commi
     assert good.status_code == 200 and np.array_equal(decode_outputs(good.json())["label"], committee.predict(x))
 
 
+def test_tritons_own_http_client_in_binary_and_json(server, committee):
+    """NVIDIA's client (tritonclient.http, binary tensors by default) against lsmha-serve."""
+    tc = pytest.importorskip("tritonclient.http", reason="needs tritonclient[http] (the dev extra)")
+    rng = np.random.default_rng(5)
+    client = tc.InferenceServerClient(url=server.url.removeprefix("http://"))
+    try:
+        assert client.is_server_ready() and "binary_tensor_data" in client.get_server_metadata()["extensions"]
+        for fp32, binary in [(False, True), (False, False), (True, True)]:
+            x = _images(rng, 3, fp32)
+            images = tc.InferInput("images", list(x.shape), "FP32" if fp32 else "UINT8")
+            images.set_data_from_numpy(x, binary_data=binary)
+            outputs = [
+                tc.InferRequestedOutput("logits", binary_data=binary),
+                tc.InferRequestedOutput("label", binary_data=not binary),
+                tc.InferRequestedOutput("member_logits", binary_data=binary),
+            ]
+            result = client.infer(NAME, [images], outputs=outputs)
+            assert np.array_equal(result.as_numpy("label"), committee.predict(x))
+            np.testing.assert_allclose(result.as_numpy("logits"), committee.predict_logits(x), rtol=1e-5, atol=1e-4)
+            members = committee.member_logits(x).transpose(1, 0, 2)
+            np.testing.assert_allclose(result.as_numpy("member_logits"), members, rtol=1e-5, atol=1e-4)
+    finally:
+        client.close()
+    blobs: list[bytes] = []
+    body, length = join_body(encode_images(_images(rng, 2, False), blobs=blobs), blobs)
+    r = server.infer(body[:-1], headers={"Inference-Header-Content-Length": str(length)})  # one byte short
+    assert r.status_code == 400 and "binary_data_size says 6144 bytes, the body holds 6143" in r.json()["error"]
+
+
 def test_unknown_model_and_route_are_404_with_v2_errors(server):
     r = server.infer(encode_images(np.zeros((1, 32, 32, 3), np.uint8)), name="resnet")
     assert r.status_code == 404 and "unknown model 'resnet'" in r.json()["error"]
@@ -242,6 +271,10 @@ def test_serve_bench_measures_against_direct_predict(server, committee):
     assert direct.requests == 8 and direct.mode == "direct" and direct.images_per_s == 2 * direct.requests_per_s
     wrong = measure_server(server.url, NAME, images, [e + 1 for e in expected], clients=2, requests=4)
     assert wrong.mismatches == 4  # the check can fail
+    binary = measure_server(server.url, NAME, images, expected, clients=2, requests=8, binary=True)
+    assert binary.requests == 8 and binary.errors == 0 and binary.mismatches == 0
+    wrong = measure_server(server.url, NAME, images, [e + 1 for e in expected], clients=2, requests=4, binary=True)
+    assert wrong.mismatches == 4
     sub = argparse.ArgumentParser().add_subparsers()
     add_serve_parser(sub)
     args = sub.choices["serve"].parse_args(["some/dir", "--clients", "3"])

@@ -8,7 +8,9 @@ checked against direct `predict` on the same images. Modes:
 
 - `direct`: `Committee.predict` called back to back by one caller (no HTTP);
 - `serve`: the server with dynamic batching (--max-batch, --max-delay-ms);
-- `serve-unbatched`: the same server with batches of one request (max-batch = images per request).
+- `serve-unbatched`: the same server with batches of one request (max-batch = images per request);
+- `serve-binary`: as `serve`, with images and outputs as binary tensors (the v2 binary tensor
+  data extension, what tritonclient sends by default) in place of JSON numbers.
 """
 
 from __future__ import annotations
@@ -82,17 +84,30 @@ def measure_server(
     requests: int,
     mode: str = "serve",
     timeout_s: float = 60.0,
+    binary: bool = False,
 ) -> ServeRow:
     """`clients` threads send `requests` infer calls in all (client c sends `images[c % len]`),
     timing each; answers are compared with `expected` labels. Batching facts come from /metrics,
-    counted over this run only."""
+    counted over this run only. `binary`: images and outputs as binary tensors, not JSON."""
     import httpx
 
-    from ..serving.protocol import decode_outputs, encode_images
+    from ..serving.protocol import HEADER_LENGTH, decode_outputs, encode_images, join_body
 
-    bodies = [json.dumps(encode_images(x, ("label",))).encode() for x in images]
+    bodies, headers = [], []
+    for x in images:
+        blobs: list[bytes] | None = [] if binary else None
+        body, length = join_body(encode_images(x, ("label",), blobs=blobs), blobs or [])
+        bodies.append(body)
+        headers.append({"content-type": "application/json"} if length is None else {HEADER_LENGTH: str(length)})
     endpoint = f"{url}/v2/models/{name}/infer"
-    headers = {"content-type": "application/json"}
+
+    def labels(r: httpx.Response) -> np.ndarray:
+        length = r.headers.get(HEADER_LENGTH)
+        if length is None:
+            return decode_outputs(r.json())["label"]
+        n = int(length)
+        return decode_outputs(json.loads(r.content[:n]), memoryview(r.content)[n:])["label"]
+
     counter = iter(range(requests))
     lock = threading.Lock()
     latencies: list[float] = []
@@ -107,12 +122,12 @@ def measure_server(
                         return
                 t0 = time.perf_counter()
                 try:
-                    r = http.post(endpoint, content=bodies[k], headers=headers)
+                    r = http.post(endpoint, content=bodies[k], headers=headers[k])
                 except httpx.HTTPError:
                     r = None
                 dt = time.perf_counter() - t0
                 ok = r is not None and r.status_code == 200
-                same = ok and np.array_equal(decode_outputs(r.json())["label"], expected[k])
+                same = ok and np.array_equal(labels(r), expected[k])
                 with lock:
                     if ok:
                         latencies.append(dt)
@@ -190,6 +205,9 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+MODES = ("direct", "serve", "serve-binary", "serve-unbatched")
+
+
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
@@ -205,13 +223,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="server --max-batch (serve mode)")
     p.add_argument("--max-delay-ms", type=float, default=2.0, help="server --max-delay-ms (serve mode)")
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads (default: the backend's choice)")
-    p.add_argument("--modes", default="direct,serve,serve-unbatched", help="comma-separated modes to run")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to run")
     p.add_argument("--seed", type=int, default=0, help="seed of the random images")
     p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
     p.set_defaults(func=cmd_serve)
-
-
-MODES = ("direct", "serve", "serve-unbatched")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -238,7 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     expected = [committee.predict(x) for x in images]
     print(
         f"lsmha-bench serve: {committee!r}; {os.cpu_count()} CPUs; {args.clients} clients, "
-        f"{args.images} image(s)/request, {args.requests} requests per mode, loopback HTTP, KServe v2 JSON"
+        f"{args.images} image(s)/request, {args.requests} requests per mode, loopback HTTP, KServe v2"
     )
     rows: list[ServeRow] = []
     if "direct" in modes:
@@ -247,6 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common = ["--backend", args.backend] + ([] if args.threads is None else ["--threads", str(args.threads)])
     servers = {
         "serve": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
+        "serve-binary": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
         "serve-unbatched": ["--max-batch", str(args.images), "--max-delay-ms", "0"],
     }
     for mode in [m for m in MODES if m in modes and m != "direct"]:
@@ -259,8 +275,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             url = f"http://127.0.0.1:{port}"
             warm = min(args.requests, 4 * args.clients)  # connections and server paths warmed, not timed
-            measure_server(url, "lsmha_committee", images, expected, args.clients, warm, mode)
-            rows.append(measure_server(url, "lsmha_committee", images, expected, args.clients, args.requests, mode))
+            run = dict(name="lsmha_committee", images=images, expected=expected, clients=args.clients, mode=mode)
+            measure_server(url, requests=warm, binary=mode == "serve-binary", **run)
+            rows.append(measure_server(url, requests=args.requests, binary=mode == "serve-binary", **run))
         finally:
             stop_server(proc)
     headers = ["mode", "clients", "img/req", "requests", "req/s", "images/s", "p50 ms", "p99 ms"]

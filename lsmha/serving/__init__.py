@@ -1,11 +1,12 @@
 """Serving: the KServe v2 HTTP server (`lsmha-serve`), its dynamic batcher and metrics,
 and the Triton model-repository writer (`lsmha-export triton`).
 
-Light on import: FastAPI/uvicorn (the `serve` extra) load only with `create_app`,
-`CommitteeService` or `ServeConfig`, so `lsmha-export triton` works without them.
+Light on import: FastAPI/uvicorn (the `serve` extra) load only with `create_app` or
+`CommitteeService`, so `lsmha-export triton` works without them.
 """
 
 from .batcher import BatcherStats, DynamicBatcher, QueueFull
+from .config import ServeConfig
 from .metrics import ServerMetrics
 from .protocol import InferRequest, InputSpec, ProtocolError, decode_outputs, decode_request, encode_images
 from .triton import write_triton_repository
@@ -29,7 +30,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("CommitteeService", "ServeConfig", "create_app"):
+    if name in ("CommitteeService", "create_app"):
         from . import app
 
         return getattr(app, name)

@@ -22,7 +22,6 @@ import json
 import logging
 from collections.abc import Callable, Hashable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,35 +31,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from .batcher import DynamicBatcher, QueueFull
+from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .protocol import INPUT_NAME, InputSpec, ProtocolError, decode_request, encode_response
+from .protocol import (
+    HEADER_LENGTH,
+    INPUT_NAME,
+    InputSpec,
+    ProtocolError,
+    decode_request,
+    encode_response,
+    join_body,
+    split_body,
+)
 
 log = logging.getLogger("lsmha.serving")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Server settings.
-
-    Args:
-        name: the model name in the URL (`/v2/models/{name}/infer`).
-        max_batch: most images in one executed batch, and in one request.
-        max_delay_ms: longest a batch waits for more requests after its first one.
-        max_queue: most requests waiting for a batch; more get 503 with Retry-After.
-        max_body_mb: largest request body in MiB; larger get 413.
-        warmup: run the committee on every accepted input kind before reporting ready.
-    """
-
-    name: str = "lsmha_committee"
-    max_batch: int = 32
-    max_delay_ms: float = 2.0
-    max_queue: int = 256
-    max_body_mb: float = 16.0
-    warmup: bool = True
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * (1 << 20))
 
 
 class CommitteeService:
@@ -216,7 +200,7 @@ def create_app(service: CommitteeService) -> FastAPI:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "lsmha-serve", "version": __version__, "extensions": []}
+        return {"name": "lsmha-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     def unknown(name: str) -> JSONResponse:
         return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
@@ -247,11 +231,12 @@ def create_app(service: CommitteeService) -> FastAPI:
                 metrics.errors.inc(kind="not_ready")
                 return not_ready()
             body = await _read_body(request, config.max_body_bytes)
+            head, binary = split_body(body, request.headers.get(HEADER_LENGTH))
             try:
-                doc = json.loads(body)
+                doc = json.loads(head)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ProtocolError(f"the request body is not valid JSON: {err}") from None
-            req = decode_request(doc, service.spec)
+            req = decode_request(doc, service.spec, binary)
             rows = await service.batcher.submit(req.images, key=(req.images.dtype.str, req.wants_members))
         except ProtocolError as err:
             metrics.errors.inc(kind=ERROR_KINDS.get(err.status, "bad_request"))
@@ -264,6 +249,10 @@ def create_app(service: CommitteeService) -> FastAPI:
             log.exception("inference failed")
             return _error(500, f"inference failed: {type(err).__name__}: {err}")
         metrics.images.inc(len(req.images))
-        return JSONResponse(encode_response(config.name, req, rows))
+        doc, blobs = encode_response(config.name, req, rows)
+        if not blobs:
+            return JSONResponse(doc)
+        content, length = join_body(doc, blobs)
+        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
 
     return app

@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 from ..cli_help import HelpFormatter
-from .app import CommitteeService, ServeConfig, create_app
+from .config import ServeConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lsmha-serve",
         description="Serve a soft committee over HTTP with the KServe v2 inference protocol "
-        "(JSON tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
+        "(JSON or binary tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -61,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import uvicorn
 
+        from .app import CommitteeService, create_app
+    except ImportError as err:
+        print(f"error: lsmha-serve needs the serve extra: pip install 'lsmha[serve]' ({err})", file=sys.stderr)
+        return 1
+    try:
         from ..engine import Committee, load_source
 
         load_source(args.dir)  # fail fast on a bad directory: hashes, paths, format

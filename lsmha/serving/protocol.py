@@ -12,12 +12,22 @@ row-major flattened tensor or the same values nested. Outputs, batch axis first:
 `logits` FP32 (N, classes) — the SUM of the members' raw logits; `label` INT64
 (N,) — its argmax; `member_logits` FP32 (N, members, classes), only when asked.
 
+The binary tensor data extension is supported both ways (what `tritonclient.http`
+sends by default): the body is the JSON header, whose length is given by the HTTP
+header `Inference-Header-Content-Length`, followed by the raw little-endian,
+row-major tensor bytes; the input says `"parameters": {"binary_data_size": n}` in
+place of `data`. Outputs come back as binary when the request asks for it, per
+output (`"parameters": {"binary_data": true}`) or for all
+(`"parameters": {"binary_data_output": true}`). Decoding images from binary costs
+microseconds where JSON costs 0.3 ms per 32x32 image.
+
 Every rejection is a `ProtocolError` whose message says what was expected and
 what came; the server answers it as 400 `{"error": message}`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +44,8 @@ V2_DATATYPES = (
 )  # fmt: skip
 ACCEPTED = {"UINT8": "NHWC", "FP32": "NCHW"}
 NUMPY_TO_V2 = {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}
+V2_TO_NUMPY = {"FP32": "<f4", "INT64": "<i8", "UINT8": "u1"}  # binary: little-endian
+HEADER_LENGTH = "Inference-Header-Content-Length"  # HTTP header of the binary tensor extension
 
 
 class ProtocolError(ValueError):
@@ -68,6 +80,7 @@ class InferRequest:
     id: str | None
     images: np.ndarray
     outputs: tuple[str, ...]
+    binary_outputs: frozenset[str] = frozenset()  # outputs to return as binary data
 
     @property
     def wants_members(self) -> bool:
@@ -84,7 +97,46 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     return value
 
 
-def _decode_tensor(tensor: dict[str, Any], spec: InputSpec) -> np.ndarray:
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """A request body's JSON part and its binary part (empty without the binary extension's
+    `Inference-Header-Content-Length` header, whose value is the JSON part's length)."""
+    if header_length is None:
+        return body, memoryview(b"")
+    text = header_length.strip()
+    if not text.isdigit() or int(text) > len(body):
+        raise ProtocolError(
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {header_length!r}"
+        )
+    n = int(text)
+    return body[:n], memoryview(body)[n:]
+
+
+def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(f"{where} 'parameters' must be an object, got {type(params).__name__}")
+    return params
+
+
+def _binary_values(tensor: dict[str, Any], datatype: str, shape: list[int], binary: memoryview) -> np.ndarray:
+    size = _parameters(tensor, "input tensor")["binary_data_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ProtocolError(f"binary_data_size must be a non-negative int (bytes), got {size!r}")
+    if "data" in tensor:
+        raise ProtocolError("the input has both 'data' and binary_data_size: send its values one way")
+    dtype = np.dtype(V2_TO_NUMPY[datatype])
+    needed = math.prod(shape) * dtype.itemsize
+    if size != needed:
+        raise ProtocolError(f"binary_data_size is {size} bytes, {datatype} shape {shape} needs {needed}")
+    if len(binary) != size:
+        raise ProtocolError(
+            f"binary_data_size says {size} bytes, the body holds {len(binary)} after the "
+            f"{HEADER_LENGTH} JSON header (is the header's length right?)"
+        )
+    return np.frombuffer(binary, dtype=dtype).reshape(shape).copy()  # own, writable, native order
+
+
+def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) -> np.ndarray:
     where = "input tensor"
     name = _field(tensor, "name", str, where)
     if name != INPUT_NAME:
@@ -105,18 +157,21 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec) -> np.ndarray:
         raise ProtocolError(f"expected at least one image, got shape {shape}")
     if n > spec.max_images:
         raise ProtocolError(f"too many images: {n} in one request, at most {spec.max_images}; split the request")
-    if "parameters" in tensor and isinstance(tensor["parameters"], dict) and "binary_data_size" in tensor["parameters"]:
-        raise ProtocolError("the binary tensor extension is not supported; send the values as JSON in 'data'")
-    data = _field(tensor, "data", list, where)
-    try:
-        values = np.asarray(data)
-    except ValueError as err:  # ragged nesting
-        raise ProtocolError(f"'data' must be a flat or regularly nested list of numbers: {err}") from None
-    if values.dtype.kind not in "iuf":
-        raise ProtocolError(f"'data' must hold numbers, got {values.dtype.kind!r}-kind values ({values.dtype})")
-    if values.size != math.prod(shape):
-        raise ProtocolError(f"'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}")
-    values = values.reshape(shape)
+    if "binary_data_size" in _parameters(tensor, where):
+        values = _binary_values(tensor, datatype, shape, binary)
+    else:
+        if len(binary):
+            raise ProtocolError(f"{len(binary)} bytes follow the JSON header, but no input declares binary_data_size")
+        data = _field(tensor, "data", list, where)
+        try:
+            values = np.asarray(data)
+        except ValueError as err:  # ragged nesting
+            raise ProtocolError(f"'data' must be a flat or regularly nested list of numbers: {err}") from None
+        if values.dtype.kind not in "iuf":
+            raise ProtocolError(f"'data' must hold numbers, got {values.dtype.kind!r}-kind values ({values.dtype})")
+        if values.size != math.prod(shape):
+            raise ProtocolError(f"'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}")
+        values = values.reshape(shape)
     if datatype == "UINT8":
         if values.dtype.kind == "f":
             raise ProtocolError("UINT8 data must be integers, got non-integer numbers; send FP32 NCHW for floats")
@@ -134,8 +189,17 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec) -> np.ndarray:
     return images
 
 
-def decode_request(body: Any, spec: InputSpec) -> InferRequest:
-    """Decode and validate a parsed v2 JSON request body (ProtocolError on anything wrong)."""
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where} parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"") -> InferRequest:
+    """Decode and validate a parsed v2 JSON request body and the binary data that followed it
+    (binary tensor extension; `split_body` separates them). ProtocolError on anything wrong."""
+    binary = memoryview(binary)
     if not isinstance(body, dict):
         raise ProtocolError(f"the request body must be a JSON object, got {type(body).__name__}")
     request_id = body.get("id")
@@ -144,47 +208,80 @@ def decode_request(body: Any, spec: InputSpec) -> InferRequest:
     inputs = _field(body, "inputs", list, "the request")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"expected exactly one input tensor object named {INPUT_NAME!r}, got {len(inputs)} item(s)")
-    images = _decode_tensor(inputs[0], spec)
-    outputs = DEFAULT_OUTPUTS
+    images = _decode_tensor(inputs[0], spec, binary)
+    all_binary = _flag(_parameters(body, "the request"), "binary_data_output", "the request")
+    outputs, binary_outputs = DEFAULT_OUTPUTS, set(DEFAULT_OUTPUTS) if all_binary else set()
     if body.get("outputs") is not None:
         asked = _field(body, "outputs", list, "the request")
-        names = []
+        names, binary_outputs = [], set()
         for item in asked:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise ProtocolError(f"each requested output must be an object with a 'name', got {item!r}")
             if item["name"] not in OUTPUTS:
                 raise ProtocolError(f"unknown output {item['name']!r}; this model has {', '.join(OUTPUTS)}")
             names.append(item["name"])
+            where = f"output {item['name']!r}"
+            params = _parameters(item, where)
+            if _flag(params, "binary_data", where) if "binary_data" in params else all_binary:
+                binary_outputs.add(item["name"])
         outputs = tuple(dict.fromkeys(names)) or DEFAULT_OUTPUTS
-    return InferRequest(request_id, images, outputs)
+        if not names and all_binary:
+            binary_outputs = set(DEFAULT_OUTPUTS)
+    return InferRequest(request_id, images, outputs, frozenset(binary_outputs))
 
 
-def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    """One v2 output tensor: name, shape, datatype and the row-major flattened values."""
+def encode_tensor(name: str, array: np.ndarray, blobs: list[bytes] | None = None) -> dict[str, Any]:
+    """One v2 tensor: name, shape, datatype and the row-major flattened values, or, given
+    `blobs`, its little-endian bytes appended there and their size in its parameters."""
     datatype = NUMPY_TO_V2.get(array.dtype.name)
     if datatype is None:
         raise TypeError(f"no v2 datatype for numpy {array.dtype}; known: {sorted(NUMPY_TO_V2)}")
-    return {"name": name, "shape": list(array.shape), "datatype": datatype, "data": array.reshape(-1).tolist()}
+    tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+    if blobs is None:
+        return tensor | {"data": array.reshape(-1).tolist()}
+    blob = np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype]).tobytes()
+    blobs.append(blob)
+    return tensor | {"parameters": {"binary_data_size": len(blob)}}
+
+
+def join_body(doc: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, int | None]:
+    """The HTTP body for a JSON document and its binary tensors, and the JSON part's length for
+    the `Inference-Header-Content-Length` header (None when there are no binary tensors)."""
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    return (head + b"".join(blobs), len(head)) if blobs else (head, None)
 
 
 def encode_response(
     model_name: str, request: InferRequest, results: dict[str, np.ndarray], version: str = "1"
-) -> dict[str, Any]:
-    """The v2 response for `request` from its rows of every output."""
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The v2 response for `request` from its rows of every output: the JSON document and the
+    binary tensors that follow it (empty unless the request asked for binary outputs)."""
     body: dict[str, Any] = {"model_name": model_name, "model_version": version}
     if request.id is not None:
         body["id"] = request.id
-    body["outputs"] = [encode_tensor(name, results[name]) for name in request.outputs]
-    return body
+    blobs: list[bytes] = []
+    body["outputs"] = [
+        encode_tensor(name, results[name], blobs if name in request.binary_outputs else None)
+        for name in request.outputs
+    ]
+    return body, blobs
 
 
-def encode_images(images: np.ndarray, outputs: tuple[str, ...] | None = None, request_id: str | None = None) -> dict:
-    """A v2 request body for `images` ((N, H, W, C) uint8 or (N, C, H, W) float): what a client sends."""
+def encode_images(
+    images: np.ndarray,
+    outputs: tuple[str, ...] | None = None,
+    request_id: str | None = None,
+    blobs: list[bytes] | None = None,
+) -> dict:
+    """A v2 request body for `images` ((N, H, W, C) uint8 or (N, C, H, W) float): what a client
+    sends. Given `blobs`, the images go there as binary data and every output is asked for as
+    binary too; send `join_body(doc, blobs)` with the `Inference-Header-Content-Length` header."""
     images = np.asarray(images)
-    datatype = "UINT8" if images.dtype == np.uint8 else "FP32"
-    if datatype == "FP32":
+    if images.dtype != np.uint8:
         images = images.astype(np.float32, copy=False)
-    body: dict[str, Any] = {"inputs": [encode_tensor(INPUT_NAME, images) | {"datatype": datatype}]}
+    body: dict[str, Any] = {"inputs": [encode_tensor(INPUT_NAME, images, blobs)]}
+    if blobs is not None:
+        body["parameters"] = {"binary_data_output": True}
     if outputs is not None:
         body["outputs"] = [{"name": n} for n in outputs]
     if request_id is not None:
@@ -192,7 +289,16 @@ def encode_images(images: np.ndarray, outputs: tuple[str, ...] | None = None, re
     return body
 
 
-def decode_outputs(body: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Client side: the response's output tensors as numpy arrays, by name."""
-    dtypes = {"FP32": np.float32, "INT64": np.int64, "UINT8": np.uint8}
-    return {o["name"]: np.asarray(o["data"], dtype=dtypes[o["datatype"]]).reshape(o["shape"]) for o in body["outputs"]}
+def decode_outputs(body: dict[str, Any], binary: bytes | memoryview = b"") -> dict[str, np.ndarray]:
+    """Client side: the response's output tensors as numpy arrays, by name; `binary` is what
+    followed the JSON header (binary tensor extension), read in the order of the outputs."""
+    out, offset, binary = {}, 0, memoryview(binary)
+    for o in body["outputs"]:
+        dtype = np.dtype(V2_TO_NUMPY[o["datatype"]])
+        size = o.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
+        else:
+            out[o["name"]] = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(o["shape"])
+            offset += size
+    return out
