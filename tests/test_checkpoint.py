@@ -1,4 +1,5 @@
 import json
+import stat
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ def test_save_load_gives_identical_logits(tmp_path, tiny_spec):
     assert again.spec == tiny_spec and again.facts == {"dataset": "digits", "val_accuracy": 0.5}
     assert load_facts(path)["spec"]["dim"] == 32
     assert not again.training
+    probe = tmp_path / "probe"
+    probe.touch()  # what any new file gets here; safetensors alone would give 0600
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(probe.stat().st_mode)
 
 
 def test_missing_truncated_and_foreign_files_fail_clearly(tmp_path, tiny_spec):

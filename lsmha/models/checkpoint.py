@@ -36,8 +36,16 @@ def save(model: CCT, path: str | os.PathLike, **facts: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a server run as another user must read it
     os.replace(tmp, path)
     return path
+
+
+def _new_file_mode() -> int:
+    """The mode `open()` gives a new file under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _open(path: Path) -> tuple[dict[str, str], Any]:
