@@ -3,6 +3,10 @@
 #
 #   benchmarks/gpu_check.sh            # PYTHON=/path/to/python to choose the interpreter
 #   LOG_DIR=/some/dir benchmarks/gpu_check.sh   # keep each step's full log there
+#   RESULTS_DIR=/some/dir benchmarks/gpu_check.sh   # write the JSON (and PNG) there, not benchmarks/results
+#
+# On the device tool (which returns at most 8 files from $OUT), one call:
+#   RESULTS_DIR=$OUT LOG_DIR=/tmp/gpu_logs bash benchmarks/gpu_check.sh; tar czf $OUT/logs.tgz -C /tmp/gpu_logs .
 #
 # Steps in priority order, each under its own `timeout`, all within TOTAL_S seconds (default 520; the
 # device tool allows 600 s a command): tests and bench take about 6 minutes, train and AOTI their own slots:
@@ -22,8 +26,8 @@
 #    60) are left and a CUDA toolkit is found (AOTInductor compiles its C++ wrapper against the CUDA
 #    headers);
 # 5. a short table last: each step's status, then the bench summary and the targets.
-# JSON: benchmarks/results/<card>_torch-<version>_<date>.json (the bench), train-throughput_<date>.json,
-# aoti-vs-cuda-graph_<date>.json.
+# JSON in RESULTS_DIR (default benchmarks/results): <card>_torch-<version>_<date>.json (the bench) and its
+# plot (.png, where matplotlib is installed), train-throughput_<date>.json, aoti-vs-cuda-graph_<date>.json.
 #
 # Exit: 0 tests passed, the bench, train and AOTI steps ran (AOTI may be skipped for time or toolkit);
 #       1 otherwise; 3 no CUDA device: nothing was measured (GPU tests skipped with their reason).
@@ -38,6 +42,8 @@ AOTI_S=${AOTI_S:-120}
 AOTI_COMMITTEE=${AOTI_COMMITTEE:-cct_2_3x5,cct_2_3x5:heads=4}
 AOTI_MIN_S=${AOTI_MIN_S:-60}
 KILL_S=10  # SIGKILL this long after a step's SIGTERM, should it not stop
+RESULTS_DIR=${RESULTS_DIR:-benchmarks/results}
+mkdir -p "$RESULTS_DIR"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -107,9 +113,13 @@ if [ "$cuda" = 1 ]; then
         echo "== 2/4 bench: $bench_status"
     else
         echo "== 2/4 bench: python -m lsmha.bench.gpu --deadline $deadline (hard limit ${left} s)"
-        timeout -k "$KILL_S" "$left" "$PYTHON" -m lsmha.bench.gpu --deadline "$deadline" --no-progress 2>&1 |
-            tee "$log/bench.txt"
+        timeout -k "$KILL_S" "$left" "$PYTHON" -m lsmha.bench.gpu --deadline "$deadline" --no-progress \
+            --results-dir "$RESULTS_DIR" 2>&1 | tee "$log/bench.txt"
         bench_rc=${PIPESTATUS[0]}
+        bench_json=$(sed -n 's/^wrote \(.*\.json\)$/\1/p' "$log/bench.txt" | tail -n 1)
+        if [ -n "$bench_json" ] && [ -f "$bench_json" ]; then  # a picture of the rows; never fails the check
+            timeout -k "$KILL_S" 30 "$PYTHON" -m lsmha.bench.cli plot "$bench_json" 2>&1 | tail -n 1
+        fi
         case $bench_rc in
             0) bench_status=ok ;;
             1) bench_status="FAILED (a job failed, the others ran)" ;;
@@ -127,7 +137,7 @@ train_status="skipped (no CUDA device)"
 if [ "$cuda" = 1 ]; then
     echo "== 3/4 training throughput (at most ${TRAIN_S} s)"
     timeout -k "$KILL_S" "$TRAIN_S" "$PYTHON" -m lsmha.bench.cli train --device cuda --steps 10 --warmup 3 \
-        --json "benchmarks/results/train-throughput_${stamp}.json" 2>&1 | tee "$log/train.txt"
+        --json "$RESULTS_DIR/train-throughput_${stamp}.json" 2>&1 | tee "$log/train.txt"
     case ${PIPESTATUS[0]} in 0) train_status=ok ;; 124 | 137) train_status="FAILED (timed out)" ;; *) train_status=FAILED ;; esac
     aoti_left=$((TOTAL_S - (SECONDS - start) - KILL_S))
     aoti_s=$((aoti_left < AOTI_S ? aoti_left : AOTI_S))
@@ -141,7 +151,7 @@ if [ "$cuda" = 1 ]; then
         echo "== 4/4 AOTInductor CUDA package vs cuda-graph, batch 1 (at most ${aoti_s} s)"
         timeout -k "$KILL_S" "$aoti_s" "$PYTHON" -m lsmha.bench.cli latency --device cuda --backend cuda-graph,aoti \
             --batch 1 --committee "$AOTI_COMMITTEE" --budget 0.6 --no-progress \
-            --json "benchmarks/results/aoti-vs-cuda-graph_${stamp}.json" 2>&1 | tee "$log/aoti.txt"
+            --json "$RESULTS_DIR/aoti-vs-cuda-graph_${stamp}.json" 2>&1 | tee "$log/aoti.txt"
         case ${PIPESTATUS[0]} in 0) aoti_status=ok ;; 124 | 137) aoti_status="FAILED (timed out)" ;; *) aoti_status=FAILED ;; esac
     fi
 fi

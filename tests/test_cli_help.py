@@ -15,6 +15,7 @@ from lsmha.training.cli import main as train_main
 COMMANDS = [
     (bench_main, ["latency"]),
     (bench_main, ["train"]),
+    (bench_main, ["plot"]),
     (bench_main, ["serve"]),
     (bench_main, ["gpu"]),
     (export_main, ["onnx"]),

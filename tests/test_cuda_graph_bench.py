@@ -1,6 +1,7 @@
 """The GPU comparison harness (lsmha.bench.gpu): its bookkeeping on CPU, its runners on a GPU."""
 
 import datetime
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ TINY = {
 
 
 @pytest.mark.skipif(CUDA, reason="checks the harness on CPU, where the engine's lever jobs must fail")
-def test_run_comparison_on_cpu_rows_ratios_errors_and_partials():
+def test_run_comparison_on_cpu_rows_ratios_errors_and_partials(tmp_path):
     partials = []
     result = gpu.run_comparison(
         ["torch", "torch-stacked"], [1, 2], torch.device("cpu"), deadline_s=600, warmup=1, budget_s=0.0,
@@ -103,6 +104,10 @@ def test_run_comparison_on_cpu_rows_ratios_errors_and_partials():
     assert rows[-1]["model"] == "committee-10"  # the ten-member group runs after the ablation
     assert len(partials) == 2 * 2 + 2 * len(gpu.LEVERS) + 2 and len(partials[0]["rows"]) == 2
     assert [t["met"] for t in result["targets"]] == [None, None, None]
+    if importlib.util.find_spec("matplotlib"):  # what gpu_check.sh plots after the bench
+        from lsmha.bench.plot import plot_latency
+
+        assert plot_latency(result, tmp_path / "gpu.png").stat().st_size > 20_000
 
 
 def test_run_comparison_stops_at_the_deadline():

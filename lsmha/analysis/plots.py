@@ -23,11 +23,12 @@ NOISE = "#f2c80f"
 EMPTY = "#ffffff"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no display), or ImportError saying what to install."""
     try:
         import matplotlib
     except ImportError as err:
-        raise ImportError("SHP figures need matplotlib: pip install 'lsmha[analysis]' (or matplotlib)") from err
+        raise ImportError("figures need matplotlib: pip install 'lsmha[analysis]' (or matplotlib)") from err
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -67,7 +68,7 @@ def plot_head(
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch, Rectangle
 
-    plt = _pyplot()
+    plt = pyplot()
     m = np.asarray(matrix, dtype=np.float64)
     labels = m.shape[0]
     b = clip(m, theta)
@@ -119,7 +120,7 @@ def plot_shp_vs_hp(
     """Fig. 4: clipped SHP (left) and clipped HP via SNP (right), one row per θ."""
     from matplotlib.colors import ListedColormap
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(thetas), 2, figsize=(9, 4.3 * len(thetas)), squeeze=False, constrained_layout=True)
     for row, theta in zip(axes, thetas):
         bs, bh = clip(shp, theta), clip(hp, theta)
@@ -135,7 +136,7 @@ def plot_shp_vs_hp(
 
 def plot_blocks(rows: Sequence[BlockRow], path: str | os.PathLike, title: str = "") -> Path:
     """Attn. Acc. (left axis) and SNR per θ (right axis, log scale) along the blocks."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     by_block = {r.block: r for r in rows}
     blocks = sorted(b for b in by_block if b is not None)

@@ -15,6 +15,7 @@ from ..models import committee_specs, parse_committee
 from .backends import BACKENDS, default_backends
 from .gpu import add_gpu_parser
 from .latency import crossover, machine_facts, rows_as_dicts, run_latency
+from .plot import add_plot_parser
 from .serve import add_serve_parser
 from .table import format_table
 from .train import add_train_parser
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_gpu_parser(sub)
     add_train_parser(sub)
+    add_plot_parser(sub)
     return parser
 
 
