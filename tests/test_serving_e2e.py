@@ -198,6 +198,12 @@ def test_tritons_own_http_client_in_binary_and_json(server, committee):
             np.testing.assert_allclose(result.as_numpy("logits"), committee.predict_logits(x), rtol=1e-5, atol=1e-4)
             members = committee.member_logits(x).transpose(1, 0, 2)
             np.testing.assert_allclose(result.as_numpy("member_logits"), members, rtol=1e-5, atol=1e-4)
+        # the versioned routes: version "1" is the model, another version is a 404 that says so
+        assert client.is_model_ready(NAME, "1") and client.get_model_metadata(NAME, "1")["versions"] == ["1"]
+        result = client.infer(NAME, [images], model_version="1")
+        assert result.get_response()["model_version"] == "1" and result.as_numpy("label").shape == (3,)
+        with pytest.raises(tc.InferenceServerException, match="has no version '2'; it has version '1'"):
+            client.infer(NAME, [images], model_version="2")
     finally:
         client.close()
     blobs: list[bytes] = []

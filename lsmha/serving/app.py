@@ -5,7 +5,8 @@
     GET  /v2                        server metadata
     GET  /v2/models/{name}          model metadata: inputs, outputs, members, backend
     GET  /v2/models/{name}/ready    as /v2/health/ready, for this model
-    POST /v2/models/{name}/infer    JSON tensors in, logits / label / member_logits out
+    POST /v2/models/{name}/infer    JSON or binary tensors in, logits / label / member_logits out
+    (each of the three also as /v2/models/{name}/versions/1/...)
     GET  /metrics                   Prometheus text
 
 Errors are v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model,
@@ -45,6 +46,7 @@ from .protocol import (
 )
 
 log = logging.getLogger("lsmha.serving")
+MODEL_VERSION = "1"  # one version per server; /v2/models/{name}/versions/1/... are the same routes
 
 
 class CommitteeService:
@@ -125,7 +127,7 @@ class CommitteeService:
         h, w, ch = s.shape("UINT8")
         return {
             "name": self.config.name,
-            "versions": ["1"],
+            "versions": [MODEL_VERSION],
             "platform": "lsmha_committee",
             "backend": c.backend,
             "members": c.members,
@@ -202,19 +204,26 @@ def create_app(service: CommitteeService) -> FastAPI:
     async def server_metadata() -> dict[str, Any]:
         return {"name": "lsmha-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    def unknown(name: str) -> JSONResponse:
-        return _error(404, f"unknown model {name!r}; this server serves {config.name!r}")
+    def unknown(name: str, version: str | None) -> str | None:
+        """Why `name` (and `version`, when the URL names one) is not served here, or None."""
+        if name != config.name:
+            return f"unknown model {name!r}; this server serves {config.name!r}"
+        if version is not None and version != MODEL_VERSION:
+            return f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}"
+        return None
 
     @app.get("/v2/models/{name}")
-    async def model_metadata(name: str) -> Response:
-        if name != config.name:
-            return unknown(name)
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        if why := unknown(name, version):
+            return _error(404, why)
         return JSONResponse(service.metadata()) if service.ready else not_ready()
 
     @app.get("/v2/models/{name}/ready")
-    async def model_ready(name: str) -> Response:
-        if name != config.name:
-            return unknown(name)
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        if why := unknown(name, version):
+            return _error(404, why)
         return JSONResponse({"name": name, "ready": True}) if service.ready else not_ready()
 
     @app.get("/metrics")
@@ -222,11 +231,12 @@ def create_app(service: CommitteeService) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request) -> Response:
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
         metrics.requests.inc(model=name)
         try:
-            if name != config.name:
-                raise ProtocolError(f"unknown model {name!r}; this server serves {config.name!r}", 404)
+            if why := unknown(name, version):
+                raise ProtocolError(why, 404)
             if not service.ready:
                 metrics.errors.inc(kind="not_ready")
                 return not_ready()
@@ -249,7 +259,7 @@ def create_app(service: CommitteeService) -> FastAPI:
             log.exception("inference failed")
             return _error(500, f"inference failed: {type(err).__name__}: {err}")
         metrics.images.inc(len(req.images))
-        doc, blobs = encode_response(config.name, req, rows)
+        doc, blobs = encode_response(config.name, req, rows, MODEL_VERSION)
         if not blobs:
             return JSONResponse(doc)
         content, length = join_body(doc, blobs)
