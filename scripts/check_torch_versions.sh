@@ -20,15 +20,13 @@ for pair in "${pairs[@]}"; do
     vision_v=${pair##*:}
     venv=$root/torch-$torch_v
     echo "== torch $torch_v, torchvision $vision_v: $venv"
-    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_v')" 2>/dev/null; then
-        python3 -m venv "$venv" && "$venv/bin/pip" install -q "torch==$torch_v" "torchvision==$vision_v" -e '.[dev]' || {
-            summary+=("torch $torch_v: install failed")
-            status=1
-            continue
-        }
-    else
-        "$venv/bin/pip" install -q --no-deps -e . >/dev/null
-    fi
+    # reused venvs only gain what changed (new dependencies of the project, say)
+    { [ -x "$venv/bin/python" ] || python3 -m venv "$venv"; } &&
+        "$venv/bin/pip" install -q "torch==$torch_v" "torchvision==$vision_v" -e '.[dev]' || {
+        summary+=("torch $torch_v: install failed")
+        status=1
+        continue
+    }
     # -p no:cacheprovider: the pinned venv's .pytest_cache stays as it was
     log=$root/torch-$torch_v.log
     "$venv/bin/python" -m pytest -q -p no:cacheprovider >"$log" 2>&1
