@@ -132,10 +132,10 @@ class CommitteeService:
             "backend": c.backend,
             "members": c.members,
             "max_batch_size": self.config.max_batch,
-            "inputs": [  # one input, either kind
-                {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, h, w, ch]},
-                {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, ch, h, w]},
-            ],
+            # one input, so clients that generate requests from the metadata send one tensor; the
+            # other accepted form of the same input is listed beside it
+            "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, h, w, ch]}],
+            "input_alternatives": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, ch, h, w]}],
             "outputs": [
                 {"name": "logits", "datatype": "FP32", "shape": [-1, c.num_classes]},
                 {"name": "label", "datatype": "INT64", "shape": [-1]},
