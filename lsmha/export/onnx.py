@@ -211,6 +211,13 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
 
     dst = Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
+    # The quantizer re-infers shapes; the exporter's optional value_info (weights' shapes among them)
+    # can contradict the graph it rewrites: onnxruntime 1.30 fails with "Inferred shape and existing
+    # shape differ" on a transposed classifier weight. Give it the graph without them.
+    plain = onnx.load(str(src))
+    del plain.graph.value_info[:]
+    source = dst.with_name(dst.name + ".src.tmp")
+    onnx.save_model(plain, str(source), save_as_external_data=False)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic logs a "consider pre-processing" advice on the root logger
@@ -218,11 +225,12 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_dynamic(
-                str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                str(source), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                 per_channel=True, reduce_range=True,
             )  # fmt: skip
     finally:
         root.setLevel(level)
+        source.unlink(missing_ok=True)
     proto = onnx.load(str(tmp))
     for prop in proto.metadata_props:
         if prop.key == "lsmha.precision":
