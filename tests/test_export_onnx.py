@@ -247,3 +247,12 @@ def test_attention_translation_refuses_what_onnx_attention_cannot_express():
         _sdpa_to_attention(None, None, None, dropout_p=0.1)
     with pytest.raises(ValueError, match="grouped-query attention"):
         _sdpa_to_attention(None, None, None, enable_gqa=True)
+
+
+def test_an_onnxscript_too_old_for_the_exporter_says_what_to_install(monkeypatch, tmp_path):
+    def old_onnxscript(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'onnxscript._framework_apis.torch_9_99'")
+
+    monkeypatch.setattr(torch.onnx, "export", old_onnxscript)
+    with pytest.raises(RuntimeError, match=r"needs a newer onnxscript than .*: pip install -U onnxscript"):
+        export_onnx(_members()[:1], tmp_path)

@@ -14,13 +14,14 @@ Outputs: a member graph gives `logits` (N, classes); a committee graph gives
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def _sdpa_to_attention(
     torch >= 2.9 with onnxscript >= 0.5 emits the same node by itself; older exporters
     (torch 2.6 to 2.8) decompose attention into MatMul/Softmax unless given this
     translation. Traced by the exporter, so the checks below run at export time."""
-    from onnxscript import opset23 as op
+    from onnxscript.onnx_opset import opset23 as op  # onnxscript >= 0.4
 
     if dropout_p:
         raise ValueError(f"attention dropout {dropout_p} in an exported graph: export the model in eval mode")
@@ -132,6 +133,22 @@ def _sdpa_to_attention(
     # the node has four outputs (Y, present key and value, QK products); only Y is used
     y, _, _, _ = op.Attention(query, key, value, attn_mask=attn_mask, scale=scale, is_causal=is_causal)
     return y
+
+
+@contextlib.contextmanager
+def _exporter_needs() -> Iterator[None]:
+    """Turn "torch's exporter cannot find its onnxscript API module" into what to install."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        if "onnxscript" not in str(err):
+            raise
+        import onnxscript
+
+        raise RuntimeError(
+            f"torch {torch.__version__}'s ONNX exporter needs a newer onnxscript than {onnxscript.__version__} "
+            f"({err}): pip install -U onnxscript"
+        ) from err
 
 
 def export_graph(
@@ -151,7 +168,7 @@ def export_graph(
     example = torch.rand(2, spec.in_chans, spec.img_size, spec.img_size) * 255
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), _exporter_needs():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module.eval(),
