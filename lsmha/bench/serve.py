@@ -91,7 +91,7 @@ def measure_server(
     counted over this run only. `binary`: images and outputs as binary tensors, not JSON."""
     import httpx
 
-    from ..serving.protocol import HEADER_LENGTH, decode_outputs, encode_images, join_body
+    from ..serving.protocol import HEADER_LENGTH, decode_outputs, encode_images, join_body, split_body
 
     bodies, headers = [], []
     for x in images:
@@ -102,11 +102,8 @@ def measure_server(
     endpoint = f"{url}/v2/models/{name}/infer"
 
     def labels(r: httpx.Response) -> np.ndarray:
-        length = r.headers.get(HEADER_LENGTH)
-        if length is None:
-            return decode_outputs(r.json())["label"]
-        n = int(length)
-        return decode_outputs(json.loads(r.content[:n]), memoryview(r.content)[n:])["label"]
+        head, binary = split_body(r.content, r.headers.get(HEADER_LENGTH))  # the same framing both ways
+        return decode_outputs(json.loads(head), binary)["label"]
 
     counter = iter(range(requests))
     lock = threading.Lock()
@@ -262,9 +259,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     common = ["--backend", args.backend] + ([] if args.threads is None else ["--threads", str(args.threads)])
     servers = {
         "serve": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
-        "serve-binary": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
         "serve-unbatched": ["--max-batch", str(args.images), "--max-delay-ms", "0"],
     }
+    servers["serve-binary"] = servers["serve"]  # the same server; only the clients' encoding differs
     for mode in [m for m in MODES if m in modes and m != "direct"]:
         port = free_port()
         try:
