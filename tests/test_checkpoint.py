@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import lsmha
-from lsmha.models import load_facts, read_committee, write_committee
+from lsmha.artifacts import read_committee, write_committee
+from lsmha.models import load_facts
 
 
 def test_save_load_gives_identical_logits(tmp_path, tiny_spec):

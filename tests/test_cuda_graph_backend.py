@@ -158,7 +158,8 @@ def test_padding_rows_do_not_change_real_rows_and_levers_agree():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
 def test_load_from_checkpoints_and_auto_on_cuda(tmp_path):
-    from lsmha.models import save, write_committee
+    from lsmha.artifacts import write_committee
+    from lsmha.models import save
 
     models = _members(SPECS[:2], logit_scale=30.0)
     paths = [tmp_path / f"m{i}.safetensors" for i in range(2)]

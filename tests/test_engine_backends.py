@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lsmha.artifacts import write_committee
 from lsmha.engine import (
     AUTO_ORDER,
     BACKENDS,
@@ -14,7 +15,7 @@ from lsmha.engine import (
     auto_order,
     open_backend,
 )
-from lsmha.models import CCT, CCTSpec, save, write_committee
+from lsmha.models import CCT, CCTSpec, save
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from lsmha.artifacts import COMMITTEE, FileEntry, read_manifest
 from lsmha.engine import BackendUnavailable, Committee
 from lsmha.export.aoti import (
     PackageMismatch,
@@ -21,7 +22,6 @@ from lsmha.export.aoti import (
     target_facts,
     write_weights,
 )
-from lsmha.export.manifest import COMMITTEE, FileEntry, read_manifest
 from lsmha.models import CCT, CCTSpec
 
 TINY = CCTSpec(n_conv=1, n_blocks=1, dim=16, heads=2, num_classes=10, img_size=16, attn_dropout=0.0, drop_path=0.0)
@@ -92,7 +92,7 @@ def test_auto_prefers_the_package_and_chunks_to_its_max_batch(committee_dir):
 
 
 def test_auto_on_a_cpu_prefers_onnxruntime_over_the_package(committee_dir, tmp_path):
-    from lsmha.export import add_entries
+    from lsmha.artifacts import add_entries
     from lsmha.export.onnx import export_committee_onnx
 
     directory, members, _ = committee_dir

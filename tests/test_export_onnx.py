@@ -8,8 +8,8 @@ import onnx
 import pytest
 import torch
 
+from lsmha.artifacts import add_entries, file_entry, read_manifest
 from lsmha.engine import Committee, available_backends
-from lsmha.export import add_entries, file_entry, read_manifest
 from lsmha.export.cli import main as export_main
 from lsmha.export.onnx import export_onnx, op_counts, quantize_int8
 from lsmha.export.verify import verify_export

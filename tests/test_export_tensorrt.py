@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from lsmha.artifacts import COMMITTEE, FileEntry, TensorInfo
 from lsmha.engine import BackendUnavailable, Committee, available_backends
-from lsmha.export.manifest import COMMITTEE, FileEntry, TensorInfo
 from lsmha.export.tensorrt_plan import (
     DEFAULT_PROFILE,
     BatchProfile,
@@ -196,9 +196,9 @@ def test_tensorrt_backend_refuses_clearly_where_it_cannot_run(tmp_path, tiny_spe
 
 
 def test_plan_entries_are_found_by_precision_then_scope(tmp_path, tiny_spec):
+    from lsmha.artifacts import ExportManifest
     from lsmha.engine.backends import Source
     from lsmha.engine.backends.tensorrt_backend import pick_plans
-    from lsmha.export.manifest import ExportManifest
 
     io = (TensorInfo("images", "float32", ("batch", 3, 16, 16)),)
     files = [FileEntry(**{**plan_entry(precision="fp32", scope=i).__dict__, "inputs": io}) for i in range(2)]

@@ -348,7 +348,7 @@ def test_triton_repository_parses_with_tritons_schema_and_matches_the_graph(expo
 def test_triton_prefers_a_tensorrt_plan(export_dir, tmp_path):
     """The writer only copies a plan's bytes and reads its manifest entry; a TensorRT engine cannot
     be built without a GPU, so this plan file holds placeholder bytes beside a real manifest entry."""
-    from lsmha.export import COMMITTEE, add_entries, file_entry, read_manifest
+    from lsmha.artifacts import COMMITTEE, add_entries, file_entry, read_manifest
     from lsmha.serving.triton import write_triton_repository
 
     copy = tmp_path / "export"
@@ -369,7 +369,7 @@ def test_triton_prefers_a_tensorrt_plan(export_dir, tmp_path):
 
 
 def test_triton_refuses_exports_without_a_committee_graph(tmp_path, export_dir):
-    from lsmha.export import read_manifest, write_manifest
+    from lsmha.artifacts import read_manifest, write_manifest
     from lsmha.serving.triton import write_triton_repository
 
     copy = tmp_path / "export"

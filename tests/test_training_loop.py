@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import lsmha
-from lsmha.engine.metrics import accuracy
-from lsmha.models import read_committee
+from lsmha.artifacts import read_committee
+from lsmha.metrics import accuracy
 from lsmha.training import committee_report
 from lsmha.training.cli import main
 from lsmha.training.evaluate import predict_logits

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from lsmha.models import load, sha256_file
+    from lsmha.artifacts import sha256_file
+    from lsmha.models import load
     from lsmha.training.data import load_dataset, num_classes
 
     if args.threads:

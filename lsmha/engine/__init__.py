@@ -1,5 +1,6 @@
 """The soft-committee engine: `Committee`, input checking, member selection, backends."""
 
+from ..metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
 from .backends import (
     AUTO_ORDER,
     BACKENDS,
@@ -13,7 +14,6 @@ from .backends import (
 )
 from .committee import Committee, check_compatible, load_source
 from .inputs import check_images
-from .metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
 from .selection import Selection, select
 
 __all__ = [

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from ..models import CCT, CCTSpec
 from ..models.spec import SpecFacts
-from . import metrics
 from .backends import Backend, Source, open_backend
 from .inputs import check_images
 from .selection import Selection
@@ -192,8 +192,8 @@ class Committee(SpecFacts):
 def load_source(path: str | os.PathLike) -> Source:
     """A backend `Source` from an export `manifest.json`, a `committee.json`, or a
     directory holding one (manifest.json preferred), with hashes verified."""
-    from ..export.manifest import MANIFEST, read_manifest
-    from ..models import load_facts, read_committee
+    from ..artifacts import MANIFEST, read_committee, read_manifest
+    from ..models import load_facts
 
     path = Path(path)
     if path.is_dir():

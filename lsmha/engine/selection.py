@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
+from ..metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
 
 
 @dataclass(frozen=True)

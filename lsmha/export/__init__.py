@@ -1,29 +1,7 @@
-"""Export: ONNX graphs with fused attention, manifests with hashes, parity checks."""
+"""Export: builds files — ONNX graphs with fused attention, TensorRT plans, AOTInductor
+packages — and records each in the export directory's manifest (`lsmha.artifacts`)."""
 
-from .manifest import (
-    COMMITTEE,
-    MANIFEST,
-    ExportManifest,
-    FileEntry,
-    TensorInfo,
-    add_entries,
-    file_entry,
-    read_manifest,
-    write_manifest,
-)
-
-__all__ = [
-    "COMMITTEE",
-    "MANIFEST",
-    "ExportManifest",
-    "FileEntry",
-    "TensorInfo",
-    "add_entries",
-    "export_onnx",
-    "file_entry",
-    "read_manifest",
-    "write_manifest",
-]
+__all__ = ["export_onnx"]
 
 
 def __getattr__(name: str):

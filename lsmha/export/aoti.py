@@ -34,9 +34,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts import COMMITTEE, FileEntry, TensorInfo, file_entry
 from ..cli_help import HelpFormatter
 from ..models import CCT, CCTSpec
-from .manifest import COMMITTEE, FileEntry, TensorInfo, file_entry
 from .onnx import INPUT, CommitteeGraph, MemberGraph
 
 FORMAT = "pt2"
@@ -324,8 +324,8 @@ def export_aoti_dir(
     """
     from tqdm import tqdm
 
+    from ..artifacts import add_entries, read_manifest
     from ..engine.backends import Source
-    from .manifest import add_entries, read_manifest
 
     manifest = read_manifest(directory)
     models = Source(specs=manifest.specs, manifest=manifest).torch_models()
@@ -342,8 +342,8 @@ def export_aoti_dir(
 
 def write_weights(models: Sequence[CCT], directory: str | os.PathLike) -> None:
     """Start an export directory with the members' `.safetensors` and a fresh manifest (no ONNX)."""
+    from ..artifacts import ExportManifest, write_manifest
     from ..models import save
-    from .manifest import ExportManifest, write_manifest
 
     directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -386,8 +386,8 @@ def register(sub: Any) -> None:
 def run_cli(args: Any) -> int:
     import sys
 
+    from ..artifacts import MANIFEST
     from .cli import format_table, write_json
-    from .manifest import MANIFEST
 
     has_manifest = (args.directory / MANIFEST).is_file()
     if args.sources and has_manifest:

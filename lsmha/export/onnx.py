@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..artifacts import COMMITTEE, ExportManifest, FileEntry, TensorInfo, file_entry
 from ..models import CCT, CCTSpec, Standardize
-from .manifest import COMMITTEE, ExportManifest, FileEntry, TensorInfo, file_entry
 
 OPSET = 23
 INPUT = "images"
@@ -319,8 +319,8 @@ def export_onnx(
     """
     from tqdm import tqdm
 
+    from ..artifacts import write_manifest
     from ..models import save
-    from .manifest import write_manifest
 
     models = list(models)
     if not models:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..artifacts import MANIFEST
 from ..cli_help import HelpFormatter
-from .manifest import MANIFEST
 
 
 def load_members(sources: list[str], num_classes: int | None = None, seed: int = 0) -> list:
@@ -17,7 +17,8 @@ def load_members(sources: list[str], num_classes: int | None = None, seed: int =
     `name[:field=value...]` items separated by commas."""
     import torch
 
-    from ..models import CCT, committee_specs, list_models, load, parse_committee, read_committee
+    from ..artifacts import read_committee
+    from ..models import CCT, committee_specs, list_models, load, parse_committee
 
     members = []
     for src in sources:

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..artifacts import COMMITTEE, FileEntry, file_entry
 from ..cli_help import HelpFormatter
-from .manifest import COMMITTEE, FileEntry, file_entry
 from .tensorrt_plan import (
     DEFAULT_PROFILE,
     FORMAT,
@@ -161,7 +161,7 @@ def export_tensorrt_dir(
     """
     from tqdm import tqdm
 
-    from .manifest import add_entries, read_manifest
+    from ..artifacts import add_entries, read_manifest
 
     trt = import_tensorrt()
     manifest = read_manifest(directory)
@@ -335,8 +335,8 @@ def register(sub: Any) -> None:
 def run_cli(args: Any) -> int:
     import sys
 
+    from ..artifacts import MANIFEST
     from .cli import format_table, write_json
-    from .manifest import MANIFEST
 
     try:
         profile = BatchProfile.parse(args.profile)

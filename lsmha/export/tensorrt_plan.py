@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .manifest import COMMITTEE, FileEntry
+from ..artifacts import COMMITTEE, FileEntry
 
 FORMAT = "plan"
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..artifacts import COMMITTEE, ExportManifest, FileEntry, read_manifest
 from ..cli_help import HelpFormatter
-from .manifest import COMMITTEE, ExportManifest, FileEntry, read_manifest
 
 # precision -> (max relative error, min top-1 agreement)
 TOLERANCES: dict[str, tuple[float, float]] = {

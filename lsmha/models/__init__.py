@@ -4,7 +4,6 @@ from .checkpoint import load, load_facts, save
 from .committees import PAPER_COMMITTEES, committee_specs, parse_committee
 from .counting import count_macs, count_params, layer_latency
 from .layers import Attention, Block, ConvTokenizer, SeqPool, Standardize
-from .manifest import read_committee, sha256_file, write_committee
 from .model import CCT
 from .registry import create_model, list_models, model_spec
 from .spec import CCTSpec
@@ -13,9 +12,6 @@ __all__ = [
     "PAPER_COMMITTEES",
     "committee_specs",
     "parse_committee",
-    "read_committee",
-    "sha256_file",
-    "write_committee",
     "CCT",
     "Attention",
     "Block",

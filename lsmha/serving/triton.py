@@ -25,8 +25,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..artifacts import COMMITTEE, FileEntry, TensorInfo, read_manifest
 from ..cli_help import HelpFormatter
-from ..export.manifest import COMMITTEE, FileEntry, TensorInfo, read_manifest
 
 DEFAULT_NAME = "lsmha_committee"
 PLATFORMS = {"plan": ("tensorrt_plan", "model.plan"), "onnx": ("onnxruntime_onnx", "model.onnx")}

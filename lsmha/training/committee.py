@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
-from ..models import CCTSpec, model_spec, write_committee
+from ..artifacts import write_committee
+from ..metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
+from ..models import CCTSpec, model_spec
 from .data import num_classes
 from .distributed import DistContext
 from .loop import RunConfig, check_config, train

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..engine.metrics import accuracy
+from ..metrics import accuracy
 from ..models import load
 from .data import load_dataset
 from .distributed import DistContext, gather_strided

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from ..engine.metrics import accuracy
+from ..metrics import accuracy
 from ..models import CCT, CCTSpec, load_facts, save
 from .augment import BatchAugment
 from .data import load_dataset, num_classes

@@ -29,7 +29,7 @@ import numpy as np
 from ...models import CCTSpec
 
 if TYPE_CHECKING:
-    from ...export.manifest import ExportManifest
+    from ...artifacts import ExportManifest
     from ...models import CCT
 
 # name -> module. Adding a backend: one new module + one line here (+ its place in AUTO_ORDER).

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.manifest import FileEntry
+from ...artifacts import FileEntry
 from . import Backend, BackendUnavailable, Source
 
 NAME = "tensorrt"

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..models import CCTSpec
-from ..models.manifest import read_json_document, resolve_inside, sha256_file, write_json_atomic
 from ..models.spec import SpecFacts
+from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 
 FORMAT = "lsmha-export-1"
 MANIFEST = "manifest.json"

@@ -4,60 +4,14 @@ that leaves the manifest's directory."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import load_facts
+from ..models import load_facts
+from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 
 FORMAT = "lsmha-committee-1"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def resolve_inside(root: Path, relative: str) -> Path:
-    """`root / relative`, refusing absolute paths and paths that escape `root`."""
-    root = root.resolve()
-    candidate = (root / relative).resolve()
-    if Path(relative).is_absolute() or not candidate.is_relative_to(root):
-        raise ValueError(f"path {relative!r} leaves the directory {root}; refusing to load it")
-    return candidate
-
-
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
-    """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hint: str = "") -> tuple[Path, dict]:
-    """The JSON document at `path` (or `path / default_name` for a directory) and its path.
-
-    FileNotFoundError when it is missing (with `hint`), ValueError when it is not JSON or its
-    "format" is not `fmt`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / default_name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found{hint}")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if doc.get("format") != fmt:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {fmt!r}")
-    return path, doc
 
 
 def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike], **extra: Any) -> Path:
