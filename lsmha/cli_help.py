@@ -29,3 +29,69 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
             shown = ",".join(map(str, default)).replace("%", "%%")
             return f"{text} (default: {shown})"
         return f"{text} (default: %(default)s)"
+
+
+# One exit-code table for every lsmha command (printed at the end of each `--help`).
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the work ran and failed: a check that did not pass, an interrupted run
+EXIT_USAGE = 2  # bad usage: unknown option, bad value, a file that is not what was expected
+EXIT_ENVIRONMENT = 3  # this machine cannot do it: a missing package, device or backend
+
+EXIT_CODES_HELP = (
+    "exit status: 0 ok, 1 failure (a check did not pass, interrupted), "
+    "2 bad usage (bad option, value or input file), 3 environment (missing package, device or backend)"
+)
+
+
+class CliError(Exception):
+    """An error a command reports as one line on stderr, with its exit status.
+
+    Raise `CliError.usage(...)` for bad input, `CliError.environment(...)` for what this
+    machine lacks, `CliError(...)` for a failure; `run_command` prints it and returns its code.
+    """
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def usage(cls, message: str) -> CliError:
+        return cls(message, EXIT_USAGE)
+
+    @classmethod
+    def environment(cls, message: str) -> CliError:
+        return cls(message, EXIT_ENVIRONMENT)
+
+
+def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: str = "") -> int:
+    """Run `handler(args)` and map its errors onto the exit-code table, one line on stderr each.
+
+    `CliError` keeps its code; `ValueError`, `FileNotFoundError`, `IsADirectoryError` and
+    `TypeError` raised on bad input are usage errors (2); `ImportError` is an environment
+    error (3); Ctrl-C is a failure (1), with `interrupted_hint` (e.g. how to resume)."""
+    import sys
+
+    try:
+        return int(handler(args) or EXIT_OK)
+    except CliError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.code
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, TypeError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def add_exit_codes(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append the exit-code table to `parser`'s help epilog (and to each of its subparsers')."""
+    parser.epilog = f"{parser.epilog}\n\n{EXIT_CODES_HELP}" if parser.epilog else EXIT_CODES_HELP
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                add_exit_codes(sub)
+    return parser
