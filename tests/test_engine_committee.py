@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lsmha.engine import Committee, metrics, select
+from lsmha import metrics
+from lsmha.engine import Committee, select
 from lsmha.models import CCT, CCTSpec
 
 
