@@ -166,7 +166,7 @@ def test_names_and_usage_errors(tmp_path, capsys):
 
 def test_aoti_backend_without_packages_says_what_to_run(tmp_path):
     write_weights([CCT(TINY).eval()], tmp_path)
-    with pytest.raises(BackendUnavailable, match=f"no cpu fp32 AOTInductor package.*lsmha-export aoti {tmp_path}"):
+    with pytest.raises(BackendUnavailable, match=f"no fp32-precision cpu AOTInductor package.*export aoti {tmp_path}"):
         Committee.load(tmp_path, backend="aoti")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend, BackendUnavailable, Source
+from .base import Backend, BackendUnavailable, Source
 
 NAME = "cuda-graph"
 PRECISIONS = ("bf16", "fp16", "fp32")

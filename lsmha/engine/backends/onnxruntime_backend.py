@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...artifacts import FileEntry
-from . import Backend, BackendUnavailable, Source
+from .base import BackendUnavailable, FileBackend, Source, pick_files
 
 NAME = "onnxruntime"
 VARIANTS = ("fp32", "fp16", "int8")  # fp16 and int8 (ORT dynamic quantisation) are opt-in exports
@@ -118,44 +117,16 @@ class OnnxSession:
         return binding.copy_outputs_to_cpu()
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(FileBackend):
     """The committee graph (outputs `logits`, `member_logits`) or one graph per member."""
 
     def __init__(self, sessions: list[OnnxSession], committee_graph: bool, num_members: int, precision: str) -> None:
-        self.sessions = sessions
-        self.committee_graph = committee_graph
-        self.num_members = num_members
+        name = f"onnxruntime[{sessions[0].provider}]" + ("" if precision == "fp32" else f"[{precision}]")
+        super().__init__(sessions, committee_graph, num_members, name)
         self.precision = precision
-        provider = sessions[0].provider
-        self.name = f"onnxruntime[{provider}]" + ("" if precision == "fp32" else f"[{precision}]")
 
-    def member_logits(self, images: np.ndarray) -> np.ndarray:
-        if self.committee_graph:
-            return self.sessions[0].run(images)[1]
-        return np.stack([s.run(images)[0] for s in self.sessions])
-
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        if self.committee_graph:
-            return self.sessions[0].run(images)[0]
-        return super().logits(images)
-
-    def close(self) -> None:
-        self.sessions = []
-
-
-def pick_files(source: Source, precision: str) -> tuple[list[FileEntry], bool]:
-    """The committee graph in `precision` if exported, else one graph per member."""
-    manifest = source.manifest
-    if manifest is None:
-        raise BackendUnavailable("onnxruntime backend needs an export directory (run `lsmha-export onnx`)")
-    picked = manifest.runnable_set(manifest.find(format="onnx", precision=precision))
-    if picked:
-        return picked
-    raise BackendUnavailable(
-        f"{manifest.directory} has no {precision} ONNX committee or member files "
-        f"(have: {sorted({(e.format, e.precision, str(e.scope)) for e in manifest.files})}); "
-        f"run `lsmha-export onnx --precision {precision}`"
-    )
+    def call(self, runner: OnnxSession, x: np.ndarray) -> list[np.ndarray]:
+        return runner.run(x)
 
 
 def open(
@@ -164,7 +135,6 @@ def open(
     device: str | None = None,
     threads: int | None = None,
     rewrite: bool = True,
-    **options: Any,
 ) -> OnnxRuntimeBackend:
     """Open the exported ONNX files of `source` in ONNX Runtime.
 
@@ -175,10 +145,8 @@ def open(
         threads: intra-op threads (default: physical cores).
         rewrite: run attention as 3-D `Attention` nodes (see `OnnxSession`).
     """
-    if options:
-        raise BackendUnavailable(f"onnxruntime backend: unknown option(s) {sorted(options)}")
     if precision not in VARIANTS:
         raise BackendUnavailable(f"onnxruntime backend runs {VARIANTS}, asked for precision={precision!r}")
-    entries, whole = pick_files(source, precision)
+    entries, whole = pick_files(source, "onnx", precision, f"lsmha-export onnx --precision {precision}", "ONNX graph")
     sessions = [OnnxSession(source.manifest.path_of(e), device, threads, rewrite) for e in entries]
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

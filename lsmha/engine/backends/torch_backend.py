@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Backend, BackendUnavailable, Source
+from .base import Backend, BackendUnavailable, Source
 
 NAME = "torch"
 
@@ -58,10 +58,8 @@ class TorchBackend(Backend):
             return total.cpu().numpy()
 
 
-def open(source: Source, device: str | None = None, precision: str = "fp32", **options: Any) -> TorchBackend:
+def open(source: Source, device: str | None = None, precision: str = "fp32") -> TorchBackend:
     """Open the torch backend on `source`'s models (loaded from checkpoints or the export's safetensors)."""
-    if options:
-        raise BackendUnavailable(f"torch backend: unknown option(s) {sorted(options)}; it takes device, precision")
     if precision != "fp32":
         raise BackendUnavailable(f"torch backend runs fp32 only, asked for precision={precision!r}")
     return TorchBackend(source.torch_models(), device=device)

@@ -1,0 +1,152 @@
+"""What every backend shares: the `Source` it builds from, the `Backend` it returns, and
+`FileBackend`, the base of the backends that run an export directory's files."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...models import CCTSpec
+
+if TYPE_CHECKING:
+    from ...artifacts import ExportManifest, FileEntry
+    from ...models import CCT
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot run here or cannot run this source; the message says why and what to do."""
+
+
+@dataclass
+class Source:
+    """Everything a backend may build from: the member specs, and either torch
+    models / checkpoints, or an export directory's verified manifest (or both).
+
+    Args:
+        specs: one `CCTSpec` per member, in committee order.
+        models: in-memory torch models, when the committee was built from them.
+        checkpoints: member `.safetensors` files (verified), when known.
+        manifest: the export directory's manifest (hashes already verified).
+    """
+
+    specs: list[CCTSpec]
+    models: list[CCT] | None = None
+    checkpoints: list[Path] | None = None
+    manifest: ExportManifest | None = None
+    _loaded: list[CCT] | None = field(default=None, repr=False)
+
+    def torch_models(self) -> list[CCT]:
+        """The members as torch models: given, loaded from checkpoints, or from the
+        export directory's safetensors entries. BackendUnavailable when none of these exist."""
+        if self.models is not None:
+            return self.models
+        if self._loaded is None:
+            from ...models import load
+
+            paths = self.checkpoints
+            if paths is None and self.manifest is not None:
+                by_scope = {e.scope: e for e in self.manifest.find(format="safetensors")}
+                if all(i in by_scope for i in range(len(self.specs))):
+                    paths = [self.manifest.path_of(by_scope[i]) for i in range(len(self.specs))]
+            if paths is None:
+                raise BackendUnavailable(
+                    "no torch weights: the source has no models, checkpoints or safetensors files in its manifest"
+                )
+            self._loaded = [load(p) for p in paths]
+        return self._loaded
+
+
+class Backend(abc.ABC):
+    """Runs the members on checked images: (N, C, H, W) uint8 or float32, C-contiguous numpy.
+
+    Attributes:
+        name: what actually runs, e.g. "torch[cpu]" or "onnxruntime[CPUExecutionProvider]".
+        num_members: members in the committee.
+        max_batch: largest batch one call accepts (None: any); the Committee chunks to it.
+    """
+
+    name: str
+    num_members: int
+    max_batch: int | None = None
+
+    @abc.abstractmethod
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits of each member: (M, N, classes) float32."""
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Sum of the members' raw logits: (N, classes) float32."""
+        return self.member_logits(images).sum(axis=0)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sessions/devices (optional)."""
+
+
+def pick_files(
+    source: Source, fmt: str, precision: str, rebuild: str, what: str = "", where: Any = None
+) -> tuple[list[FileEntry], bool]:
+    """The export's committee file of `fmt` in `precision` (and matching `where(entry)`), else a
+    complete set of member files; (entries, is_committee_file).
+
+    Raises BackendUnavailable, naming `what` was missing (e.g. "TensorRT plan"), what the
+    directory holds and the `rebuild` command."""
+    manifest = source.manifest
+    if manifest is None:
+        raise BackendUnavailable(f"it needs an export directory with {what or fmt} files; run `{rebuild}`")
+    entries = [e for e in manifest.find(format=fmt, precision=precision) if where is None or where(e)]
+    picked = manifest.runnable_set(entries)
+    if picked:
+        return picked
+    have = sorted({(e.precision, str(e.scope), e.extra.get("device", "")) for e in manifest.find(format=fmt)})
+    raise BackendUnavailable(
+        f"{manifest.directory} has no {precision}-precision {what or fmt} for the committee or every member "
+        f"(have (precision, scope, device): {have or 'none'}); run `{rebuild}`"
+    )
+
+
+class FileBackend(Backend):
+    """A backend over exported files: ONE committee file (outputs `logits`, `member_logits`) or one
+    file per member (output `logits`), each wrapped in a runner that `call` invokes.
+
+    Subclasses say how a batch goes in (`prepare`), how a runner is called (`call`: its outputs in
+    file order), and, for device tensors, how outputs are stacked and brought back (`stack`,
+    `to_numpy`)."""
+
+    def __init__(self, runners: Sequence[Any], committee_file: bool, num_members: int, name: str) -> None:
+        self.runners = list(runners)
+        self.committee_file = committee_file
+        self.num_members = num_members
+        self.name = name
+
+    def prepare(self, images: np.ndarray) -> Any:
+        return images
+
+    @abc.abstractmethod
+    def call(self, runner: Any, x: Any) -> Sequence[Any]:
+        """The runner's outputs for input `x`, in the file's output order."""
+
+    def stack(self, outputs: list[Any]) -> Any:
+        return np.stack(outputs)
+
+    def to_numpy(self, out: Any) -> np.ndarray:
+        return np.asarray(out, dtype=np.float32)
+
+    def _run(self, images: np.ndarray, want_members: bool) -> np.ndarray:
+        x = self.prepare(images)
+        if self.committee_file:
+            return self.to_numpy(self.call(self.runners[0], x)[1 if want_members else 0])
+        members = self.stack([self.call(r, x)[0] for r in self.runners])
+        return self.to_numpy(members if want_members else members.sum(0))
+
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, want_members=True)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self._run(images, want_members=False)
+
+    def close(self) -> None:
+        self.runners = []
