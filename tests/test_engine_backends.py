@@ -66,3 +66,35 @@ def test_load_refuses_a_tampered_checkpoint_and_missing_manifests(checkpoints):
     (root / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"neither manifest.json .* nor committee.json"):
         Committee.load(root / "empty")
+
+
+def test_unknown_and_bad_options_are_refused_before_the_search(checkpoints):
+    _, _, root = checkpoints
+    with pytest.raises(TypeError, match=r"unknown backend option\(s\) \['bogus'\]"):
+        Committee.load(root, backend="auto", bogus=1)
+    with pytest.raises(TypeError, match=r"unknown backend option\(s\) \['threads'\]; the backends \['torch'\]"):
+        Committee.load(root, backend="torch", threads=2)
+    with pytest.raises(TypeError, match=r"threads must be an int, got '2'"):
+        Committee.load(root, backend="auto", threads="2")
+    for bad in (-1, 0, 1000):
+        with pytest.raises(ValueError, match=rf"threads must be between 1 and .* got {bad}"):
+            Committee.load(root, backend="auto", threads=bad)
+    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        Committee.load(root, device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_gets_the_engines_message(checkpoints):
+    _, _, root = checkpoints
+    with pytest.raises(BackendUnavailable, match=r"device='cuda' asked for, but torch .* sees no CUDA device"):
+        Committee.load(root, device="cuda")
+
+
+def test_auto_hands_each_backend_only_its_options_and_logs_the_choice(checkpoints, caplog):
+    _, _, root = checkpoints
+    # threads is an onnxruntime option: the torch backend (all a committee.json has) must still open
+    with caplog.at_level("INFO", logger="lsmha.engine"):
+        committee = Committee.load(root, backend="auto", threads=1, device="cpu")
+    assert committee.backend == "torch[cpu]"
+    (line,) = [r.getMessage() for r in caplog.records if "backend auto chose" in r.getMessage()]
+    assert "torch[cpu]" in line and "['threads'] do not apply" in line and "skipped onnxruntime:" in line

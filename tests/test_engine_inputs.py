@@ -47,3 +47,14 @@ def test_committee_rejects_bad_inputs_before_running():
         committee.predict(np.zeros((1, 3, 32, 32), np.uint8))
     with pytest.raises(ValueError, match=r"NaN or Inf"):
         committee.predict_logits(torch.tensor(float("inf")).expand(1, 3, 16, 16))
+
+
+def test_a_single_pil_image_is_accepted_like_a_list_of_one():
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    single, listed = check_images(image, 32, 3), check_images([image], 32, 3)
+    assert single.shape == listed.shape == (1, 3, 32, 32) and single.dtype == np.uint8
+    np.testing.assert_array_equal(single, listed)
+    np.testing.assert_array_equal(single[0], rgb.transpose(2, 0, 1))

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..models.file_kind import file_kind
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks."""
@@ -47,9 +49,13 @@ def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hin
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found{hint}")
     try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    if doc.get("format") != fmt:
-        raise ValueError(f"{path}: format {doc.get('format')!r}, expected {fmt!r}")
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        kind = file_kind(path)
+        if kind == "a malformed JSON file":
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise ValueError(f"{path} is {kind}, expected {default_name}{hint}") from err
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: format {found!r}, expected {fmt!r} ({default_name}{hint})")
     return path, doc

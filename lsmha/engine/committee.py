@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import metrics
 from ..models import CCT, CCTSpec
+from ..models.file_kind import file_kind
 from ..models.spec import SpecFacts
 from .backends import Backend, Source, open_backend
 from .inputs import check_images
@@ -206,9 +207,12 @@ def load_source(path: str | os.PathLike) -> Source:
     if not path.is_file():
         raise FileNotFoundError(f"committee not found: {path}")
     try:
-        fmt = json.loads(path.read_text()).get("format")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"{path} is not a JSON manifest object: {err}") from err
+        fmt = json.loads(path.read_text(encoding="utf-8")).get("format")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise ValueError(
+            f"{path} is {file_kind(path)}, expected an export directory (with manifest.json), "
+            "its manifest.json, or a committee.json"
+        ) from err
     if fmt == "lsmha-committee-1":
         _, checkpoints = read_committee(path)
         specs = [CCTSpec.from_dict(load_facts(p)["spec"]) for p in checkpoints]

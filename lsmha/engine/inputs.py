@@ -1,6 +1,6 @@
 """Input checking: whatever the caller sends becomes a (N, C, H, W) batch or a clear ValueError.
 
-Accepted: numpy arrays or torch tensors; uint8 or floating point (any scale:
+Accepted: numpy arrays, torch tensors, PIL images or lists of them; uint8 or floating point (any scale:
 every model standardises each image itself); (N, H, W, C) or (N, C, H, W); a
 single image without the batch axis. Returned: a C-contiguous numpy array,
 uint8 kept as uint8, floats as float32.
@@ -35,7 +35,8 @@ def check_images(images: Any, img_size: int, in_chans: int) -> np.ndarray:
         t = images.detach().cpu()
         images = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
     elif not isinstance(images, np.ndarray):
-        if isinstance(images, (list, tuple)):
+        # lists/tuples of images, and single array-likes such as a PIL image (numpy's array protocol)
+        if isinstance(images, (list, tuple)) or hasattr(images, "__array_interface__") or hasattr(images, "__array__"):
             images = np.asarray(images)
         else:
             raise ValueError(f"expected images as a numpy array or torch tensor {want}, got {type(images).__name__}")

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .file_kind import file_kind
 from .model import CCT
 from .spec import CCTSpec
 
@@ -54,6 +55,9 @@ def _open(path: Path) -> tuple[dict[str, str], Any]:
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
+        kind = file_kind(path)
+        if kind != "a safetensors file" and path.is_file():
+            raise ValueError(f"{path} is {kind}, expected a .safetensors checkpoint written by lsmha.save") from err
         raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {err}") from err
     metadata = handle.metadata() or {}
     if metadata.get("format") != FORMAT or "spec" not in metadata:
