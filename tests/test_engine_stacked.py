@@ -1,4 +1,4 @@
-"""Stacked members (lsmha.engine.stacked): parity with the members run one by one, in fp32."""
+"""Stacked members (lsmha.engine.stacked) and its levers: parity with the members run one by one, in fp32."""
 
 import pytest
 import torch
@@ -88,8 +88,8 @@ def test_stack_false_is_one_unit_per_member_and_equal():
     models = _members(specs)
     x = _images()
     with torch.no_grad():
-        a = StackedCommittee(models, stack=False).member_logits(x)
-        b = StackedCommittee(models, stack=True).member_logits(x)
+        a = StackedCommittee(models, stack="off").member_logits(x)
+        b = StackedCommittee(models, stack="shape").member_logits(x)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -109,8 +109,9 @@ def test_bf16_cast_leaves_members_alone_and_stays_close():
 
 def test_refuses_unequal_shapes_and_training_mode():
     a, b = _members([_spec(), _spec(dim=48, heads=3)])
-    with pytest.raises(ValueError, match="equal weight shapes"):
-        StackedCCT([a, b])
+    with pytest.raises(ValueError, match="equal depth and token count"):
+        StackedCCT([a, _members([_spec(n_blocks=1)])[0]])
+    assert StackedCCT([a, b]).size == 2  # widths may differ: padded
     b.train()
     with pytest.raises(ValueError, match="inference-only"):
         StackedCommittee([a, b])
@@ -145,3 +146,129 @@ def test_forward_builds_no_tensor_from_host_data():
     assert "aten.lift_fresh" not in ops.seen and "aten.index" not in ops.seen, sorted(ops.seen)
     torch.testing.assert_close(member, _reference(models, x), rtol=1e-5, atol=1e-5)
     assert "restore" not in committee.state_dict()  # index buffers are not weights
+
+
+# -- the levers: each exact in fp32 against the members run one by one (relative error <= 1e-5) --------
+
+# widths, MLP, conv widths and heads all differ; equal depth and token count. Head sizes 8, 11, 16, 4, 24.
+MIXED = [
+    _spec(dim=32, heads=4),
+    _spec(dim=44, heads=(4, 11), conv_width=24),
+    _spec(dim=48, heads=(3, 12), mlp_ratio=1.5),
+    _spec(dim=32, heads=(8, 2)),
+]
+
+
+def _rel(got, want):
+    return float((got - want).norm() / want.norm())
+
+
+def _lever_parity(models, **levers):
+    x = _images(n=4)
+    committee = StackedCommittee(models, **levers)
+    with torch.no_grad():
+        member, total = committee.member_and_sum(x)
+    want = _reference(models, x)
+    assert member.shape == want.shape
+    assert _rel(member, want) <= 1e-5, f"{levers}: relative error {_rel(member, want):.3g}"
+    assert _rel(total, want.sum(0)) <= 1e-5
+    torch.testing.assert_close(member, want, rtol=1e-5, atol=1e-5)
+    return committee
+
+
+def test_group_members_by_pad_key_table6_is_one_group():
+    specs = committee_specs(parse_committee("table6:5"))
+    assert group_members(specs, by="pad") == [[0, 1, 2, 3, 4]]
+    assert group_members([*MIXED, _spec(n_blocks=1)], by="pad") == [[0, 1, 2, 3], [4]]
+
+
+def test_lever_pad_all_members_into_one_unit():
+    models = _members(MIXED)
+    committee = _lever_parity(models, stack="pad")
+    assert committee.groups == [[0, 1, 2, 3]] and len(committee.units) == 1
+    unit = committee.units[0]
+    assert unit.blocks[0].norm1.padded and unit.pos_embed.shape == (4, 64, 48)
+
+
+def test_lever_pad_with_interleaved_groups_and_pool_all():
+    specs = [_spec(dim=32), _spec(n_blocks=1, dim=48, heads=6), _spec(dim=40, heads=5, conv_width=16)]
+    specs += [_spec(n_blocks=1, dim=24, heads=2)]
+    committee = _lever_parity(_members(specs), stack="pad")
+    assert committee.groups == [[0, 2], [1, 3]] and committee.reorder
+    pool_all = [_spec(n_conv=3, pool="all", img_size=32, dim=d, heads=h) for d, h in ((32, 2), (48, 4))]
+    models = _members(pool_all)
+    x = _images(size=32)
+    with torch.no_grad():
+        got = StackedCommittee(models, stack="pad").member_logits(x)
+    assert _rel(got, _reference(models, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("stack", ["shape", "pad"])
+def test_lever_one_sdpa_call_per_block(stack):
+    models = _members(MIXED + [_spec(dim=32, heads=2)])
+    committee = _lever_parity(models, stack=stack, sdpa="one")
+    attn = committee.units[0].blocks[1].attn
+    assert attn.one_sdpa and attn.head_size % 8 == 0
+    if stack == "pad":  # heads padded to the most (12) and the largest head size (16 -> 16)
+        assert (attn.heads, attn.head_size) == (12, 16)
+
+
+def test_one_sdpa_calls_sdpa_once_per_block():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSdpa(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in str(func.overloadpacket):
+                CountSdpa.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    models = _members(MIXED)
+    for sdpa, want in (("one", 2), ("per-heads", 4 + 4)):  # per block: 1, or one per (heads, head size)
+        committee = StackedCommittee(models, stack="pad", sdpa=sdpa)
+        CountSdpa.calls = 0
+        with torch.no_grad(), CountSdpa():
+            committee.member_logits(_images(n=1))
+        assert CountSdpa.calls == want, (sdpa, CountSdpa.calls)
+
+
+@pytest.mark.parametrize("stack", ["shape", "pad"])
+def test_lever_bias_fused_into_the_next_pointwise_op(stack):
+    committee = _lever_parity(_members(MIXED), stack=stack, bias="fused")
+    assert committee.units[0].blocks[0].fused_bias
+
+
+def test_all_levers_together():
+    _lever_parity(_members(MIXED), stack="pad", sdpa="one", bias="fused")
+
+
+def test_lever_one_graph_traces_the_whole_committee_once():
+    """`member_and_sum` (standardise, every unit, combine, sum) is what the cuda-graph backend
+    compiles as ONE graph: dynamo must see one graph without breaks, and it computes the same."""
+    import torch._dynamo
+
+    models = _members(MIXED)
+    x = _images(n=2)
+    for levers in ({"stack": "shape"}, {"stack": "pad", "sdpa": "one", "bias": "fused"}):
+        committee = StackedCommittee(models, **levers)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(committee.member_and_sum)(x)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+            member, _ = torch.compile(committee.member_and_sum, backend="aot_eager", fullgraph=True)(x)
+        assert _rel(member, _reference(models, x)) <= 1e-5
+
+
+def test_lever_uint8_input_cast_inside_equals_float_input():
+    committee = StackedCommittee(_members(MIXED[:2]))
+    x = _images(n=3)
+    with torch.no_grad():
+        torch.testing.assert_close(committee.prepare(x), committee.prepare(x.float()), rtol=0, atol=0)
+
+
+def test_refuses_unknown_levers():
+    models = _members(MIXED[:2])
+    with pytest.raises(ValueError, match="stack must be one of"):
+        StackedCommittee(models, stack="wide")
+    with pytest.raises(ValueError, match="sdpa must be one of"):
+        StackedCommittee(models, stack="pad", sdpa="fast")

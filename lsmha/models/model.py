@@ -8,6 +8,7 @@ images (B, C, H, W), raw pixels in any scale
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -37,6 +38,13 @@ class CCT(nn.Module):
         self.fc = nn.Linear(spec.dim, spec.num_classes)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.2)
+
+    def without_standardize(self) -> CCT:
+        """A copy that takes images already standardised (its `standardize` an identity): for
+        engines and exported graphs that standardise once, in float32, for all members."""
+        body = copy.deepcopy(self)
+        body.standardize = nn.Identity()
+        return body
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Raw images -> positioned tokens (B, N, D)."""
