@@ -60,13 +60,15 @@ def test_buckets():
 def test_allow_recompiles_only_raises():
     import torch._dynamo
 
+    from lsmha.engine.cuda_graph import allow_recompiles
+
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
     before = getattr(cfg, name)
     try:
-        cg.allow_recompiles(before + 5)
+        allow_recompiles(before + 5)
         assert getattr(cfg, name) == before + 5
-        cg.allow_recompiles(1)
+        allow_recompiles(1)
         assert getattr(cfg, name) == before + 5
     finally:
         setattr(cfg, name, before)
@@ -113,34 +115,69 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """fp32 on the GPU as fp32: cuDNN convolutions use TF32 by default (10-bit mantissa)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def _decided_agreement(total, want_total):
+    """Top-1 agreement over the images whose fp32 top-2 margin exceeds 5x the measured logit
+    error: an image whose two best classes are closer than the error may flip either way."""
+    err = float(np.abs(total - want_total).max())
+    top2 = np.sort(want_total, axis=1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) > 5 * err
+    agree = float((total.argmax(1) == want_total.argmax(1))[decided].mean()) if decided.any() else float("nan")
+    return agree, int(decided.sum())
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
 @pytest.mark.parametrize(
-    "precision, compile, tol",
-    [("bf16", "default", 2e-2), ("fp32", "off", 5e-3)],  # fp32: cuDNN convs use TF32 by default
+    "precision, compile, tol, n, buckets",
+    # compiled: one bucket (5 inductor graphs; a second bucket would recompile all 5 dynamic)
+    [("bf16", "default", 2e-2, 64, [64]), ("fp32", "off", 1e-4, 72, [8, 64])],
 )
-def test_parity_against_eager_fp32(precision, compile, tol):
+def test_parity_against_eager_fp32(precision, compile, tol, n, buckets, no_tf32):
     models = _members(SPECS, logit_scale=30.0)
-    images = _images(136)
+    images = _images(n)
     with torch.no_grad():
         want = np.stack([m(torch.from_numpy(images)).numpy() for m in models])
     engine = cg.CudaGraphCommittee(models, precision=precision, max_batch=64, compile=compile)
     backend = cg.CudaGraphBackend(engine)
     committee = Committee.from_backend([m.spec for m in models], backend, batch_size=64)
-    member = committee.member_logits(images)  # chunks of 64, 64, 8: buckets 64 and 8
+    member = committee.member_logits(images)  # chunks of 64 (and 8)
     total = committee.predict_logits(images)
     assert member.shape == want.shape and member.dtype == np.float32
     assert _rel(member, want) <= tol, f"{precision}: member logits relative error {_rel(member, want):.3g}"
     assert _rel(total, want.sum(0)) <= tol
-    agree = float((total.argmax(1) == want.sum(0).argmax(1)).mean())
-    assert agree >= 0.99, f"{precision}: top-1 agreement {agree:.3f}"
-    assert set(engine._graphs) == {8, 64}
+    agree, decided = _decided_agreement(total, want.sum(0))
+    assert decided >= len(images) // 2, f"{precision}: only {decided} images decided beyond 5x the error"
+    assert agree == 1.0, f"{precision}: top-1 agreement {agree:.3f} over {decided} decided images"
+    assert sorted(engine.captured) == [(b, "uint8") for b in buckets]
     assert engine.groups == [[0, 1], [2], [3]] and "3 stream(s)" in engine.name
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
-def test_padding_rows_do_not_change_real_rows_and_levers_agree():
+def test_levers_on_the_gpu_agree_with_the_default_engine(no_tf32):
+    """Every lever (eager kernels, fp32, TF32 off) against the default engine, in one capture each."""
+    models = _members(SPECS)
+    images = torch.from_numpy(_images(4)).cuda()
+    want = cg.CudaGraphCommittee(models, precision="fp32", max_batch=4, compile="off").run(images)[0].clone()
+    for levers in ({"stack": "pad"}, {"stack": "pad", "sdpa": "one", "bias": "fused"}, {"input": "float"}):
+        engine = cg.CudaGraphCommittee(models, precision="fp32", max_batch=4, compile="off", **levers)
+        torch.testing.assert_close(engine.run(images)[0], want, rtol=1e-4, atol=1e-4, msg=str(levers))
+        engine.close()
+    floats = cg.CudaGraphCommittee(models, precision="fp32", max_batch=4, compile="off")
+    torch.testing.assert_close(floats.run(images.float())[0], want, rtol=1e-4, atol=1e-4)
+    assert floats.captured == [(4, "float32")]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
+def test_padding_rows_do_not_change_real_rows_and_levers_agree(no_tf32):
     models = _members(SPECS)
     images = torch.from_numpy(_images(5)).cuda()
     full = cg.CudaGraphCommittee(models, precision="fp32", max_batch=8, compile="off")
@@ -148,7 +185,7 @@ def test_padding_rows_do_not_change_real_rows_and_levers_agree():
     alone = alone.clone()
     _, padded = full.run(images)  # bucket 8
     torch.testing.assert_close(alone, padded[:3], rtol=1e-4, atol=1e-4)
-    flat = cg.CudaGraphCommittee(models, precision="fp32", max_batch=8, compile="off", stack=False, streams=False)
+    flat = cg.CudaGraphCommittee(models, precision="fp32", max_batch=8, compile="off", stack="off", streams=False)
     torch.testing.assert_close(flat.run(images)[1], padded, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="exceeds the largest captured bucket 8"):
         full.run(torch.cat([images, images]))

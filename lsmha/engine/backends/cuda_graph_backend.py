@@ -2,12 +2,13 @@
 
 What runs on each call (for a bucket of B images, the smallest of 1, 2, 4, ... >= n):
 
-    copy n images into the bucket's static input (rows n..B keep earlier, finite data;
-    every op is per image, so padding rows never touch real rows)
+    copy n images into the bucket's static input (uint8 images into a uint8 buffer: a plain
+    copy; rows n..B keep earlier, finite data; every op is per image, so padding rows never
+    touch real rows)
     graph.replay():
-      standardise (fp32) -> cast to bf16                     [capture stream]
+      cast to fp32, standardise -> cast to bf16               [capture stream]
       fork: each unit on its own stream                       [event waits inside the graph]
-        unit = a stack of equal-shape members (`StackedCCT`, batched GEMMs) or one member,
+        unit = a stack of members (`StackedCCT`, batched GEMMs) or one member,
                compiled by inductor (fused LayerNorm/GELU/bias/residual; no inductor graphs)
       join -> member logits in committee order (fp32) -> their sum
     return views of the static outputs (valid until the next call)
@@ -16,8 +17,12 @@ Weights are cast to bf16 once (no per-call autocast casts); fp16 and fp32 are av
 Head sizes that are not a multiple of 8 are zero-padded for the fused SDPA kernels (the
 model's own rule). Refuses to construct without CUDA, saying what to use instead.
 
-Which levers pay is measured by `python -m lsmha.bench.gpu` (see benchmarks/gpu_check.sh);
-each is an option here so it can be switched off: stack, streams, compile.
+Every lever is an option, so `lsmha-bench gpu` can time each against the default engine
+(docs/gpu.md): stack ("shape", "pad": all members in one zero-padded unit, "off"), sdpa
+("per-heads", "one"), bias ("baddbmm", "fused"), streams, compile, one_graph (the whole
+forward as ONE compiled graph with inductor's combo kernels, one stream), input ("uint8":
+uint8 static input, cast inside the graph; "float": every batch copied into a float buffer).
+The capture itself is `lsmha.engine.cuda_graph.CapturedGraphs`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .base import Backend, BackendUnavailable, Source
 NAME = "cuda-graph"
 PRECISIONS = ("bf16", "fp16", "fp32")
 COMPILE_MODES = ("default", "max-autotune", "off")
+INPUTS = ("uint8", "float")
 
 
 def unavailable() -> str | None:
@@ -74,21 +80,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"batch of {n} images exceeds the largest captured bucket {buckets[-1]}: raise max_batch or chunk")
 
 
-def allow_recompiles(n: int) -> None:
-    """Raise dynamo's per-function recompile limit to at least `n` (default 8).
-
-    Every member of a committee shares `CCT.forward`'s code object, and each
-    member shape x batch shape is one cache entry; past the limit dynamo silently
-    falls back to eager. The setting is process-wide (named `recompile_limit` from
-    torch 2.7, `cache_size_limit` before)."""
-    import torch._dynamo
-
-    cfg = torch._dynamo.config
-    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    if getattr(cfg, name) < n:
-        setattr(cfg, name, n)
-
-
 class CudaGraphCommittee:
     """A committee on one CUDA device: stacked units, compiled, one CUDA graph per batch bucket.
 
@@ -97,10 +88,17 @@ class CudaGraphCommittee:
         device: a CUDA device ("cuda", "cuda:1", ...).
         precision: "bf16" (default), "fp16" or "fp32" weights and activations; logits are fp32.
         max_batch: largest batch one call accepts; buckets are 1, 2, 4, ..., max_batch.
-        stack: stack members of equal weight shapes into batched GEMMs (`lsmha.engine.stacked`).
+        stack: "shape" stacks members of equal weight shapes, "pad" all members of equal depth
+            in one zero-padded unit, "off" one unit per member (`lsmha.engine.stacked`).
+        sdpa: "per-heads" (one SDPA call per distinct head shape) or "one" (one call per block).
+        bias: "baddbmm" or "fused" (bmm, then the bias merged into the next pointwise op).
         streams: run each unit on its own stream inside the graph (fork/join with events).
         compile: "default" (inductor), "max-autotune" (inductor with GEMM autotuning: slow to
             build) or "off" (eager kernels, still captured).
+        one_graph: compile the whole forward (standardise, units, combine) as ONE graph with
+            inductor's combo kernels (horizontal fusion of independent kernels); one stream.
+        input: "uint8" keeps uint8 batches uint8 up to the graph, which casts them; "float"
+            copies every batch into a float32 buffer first.
         dynamic: torch.compile's `dynamic` (None: static for the first bucket, one
             dynamic-batch recompile for the others; False: one compile per bucket).
 
@@ -115,9 +113,13 @@ class CudaGraphCommittee:
         device: str = "cuda",
         precision: str = "bf16",
         max_batch: int = 256,
-        stack: bool = True,
+        stack: str = "shape",
+        sdpa: str = "per-heads",
+        bias: str = "baddbmm",
         streams: bool = True,
         compile: str = "default",
+        one_graph: bool = False,
+        input: str = "uint8",
         dynamic: bool | None = None,
     ) -> None:
         reason = unavailable()
@@ -125,12 +127,15 @@ class CudaGraphCommittee:
             raise BackendUnavailable(f"backend {NAME!r} needs a CUDA GPU: {reason}")
         import torch
 
+        from ..cuda_graph import CapturedGraphs, allow_recompiles, fork_join
         from ..stacked import StackedCommittee
 
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+        for what, value, allowed in (("precision", precision, PRECISIONS), ("compile", compile, COMPILE_MODES),
+                                     ("input", input, INPUTS)):  # fmt: skip
+            if value not in allowed:
+                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        if one_graph and compile == "off":
+            raise ValueError("one_graph=True compiles the whole forward: it needs compile='default' or 'max-autotune'")
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendUnavailable(f"backend {NAME!r} runs on a CUDA device, got device={device!r}")
@@ -146,29 +151,39 @@ class CudaGraphCommittee:
         self.num_members = len(models)
         self.num_classes = spec.num_classes
         self.precision = precision
+        self.uint8_input = input == "uint8"
         self.buckets = batch_buckets(max_batch)
-        self.program = StackedCommittee(models, stack=stack).to(self.device, dtype).eval()
+        self.program = StackedCommittee(models, stack=stack, sdpa=sdpa, bias=bias).to(self.device, dtype).eval()
+        units = list(self.program.units)
+        # no inductor CUDA graphs: the capture is the one graph; no fullgraph, so an older torch
+        # that breaks a graph still runs (tests check there are no breaks)
+        options = {"triton.cudagraphs": False, "max_autotune": compile == "max-autotune"}
+        if one_graph:
+            # combo kernels: inductor fuses independent kernels (the units' side by side) horizontally
+            options["combo_kernels"] = True
+            self._forward = torch.compile(self.program.member_and_sum, dynamic=dynamic, options=options)
+            self.streams = None
+        else:
+            prepare, combine = self.program.prepare, self._combine
+            if compile != "off":
+                # units of one class share a code object: one cache entry per unit and batch shape
+                allow_recompiles(len(units) * (len(self.buckets) + 1) + 8)
+                prepare, combine = (torch.compile(f, dynamic=dynamic, options=options) for f in (prepare, combine))
+                units = [torch.compile(u, dynamic=dynamic, options=options) for u in units]
+            self.streams = [torch.cuda.Stream(self.device) for _ in units] if streams and len(units) > 1 else None
+
+            def forward(static_in: Any) -> tuple[Any, Any]:
+                x = prepare(static_in)
+                outs = [unit(x) for unit in units] if self.streams is None else fork_join(units, x, self.streams)
+                return combine(outs)
+
+            self._forward = forward
         self.compile_mode = compile
-        prepare, combine, units = self.program.prepare, self._combine, list(self.program.units)
-        if compile != "off":
-            # units of one class share a code object: one cache entry per unit and batch shape
-            allow_recompiles(len(units) * (len(self.buckets) + 1) + 8)
-            # no inductor CUDA graphs: the capture below is the one graph; no fullgraph, so an
-            # older torch that breaks the graph still runs (tests check there are no breaks)
-            options = {"triton.cudagraphs": False, "max_autotune": compile == "max-autotune"}
-            prepare, combine = (torch.compile(f, dynamic=dynamic, options=options) for f in (prepare, combine))
-            units = [torch.compile(u, dynamic=dynamic, options=options) for u in units]
-        self._prepare, self._combine_fn, self._units = prepare, combine, units
-        use_streams = streams and len(units) > 1
-        self.streams = [torch.cuda.Stream(self.device) for _ in units] if use_streams else None
-        self.capture_stream = torch.cuda.Stream(self.device)
-        # buckets share one memory pool: replays are serialised on one stream and every
-        # graph's static input/outputs stay referenced, so only scratch memory is shared
-        self._pool: Any = None
-        self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._graphs = CapturedGraphs(self._forward, self.device)
+        levers = f"stack={stack}, sdpa={sdpa}, bias={bias}, input={input}" + (", one graph" if one_graph else "")
         self.name = (
             f"{NAME}[{torch.cuda.get_device_name(self.device)}, {precision}, {len(units)} unit(s) for "
-            f"{self.num_members} member(s), {len(self.streams or [None])} stream(s), compile={compile}]"
+            f"{self.num_members} member(s), {len(self.streams or [None])} stream(s), compile={compile}, {levers}]"
         )
 
     @property
@@ -180,47 +195,31 @@ class CudaGraphCommittee:
         """Member indices of each unit (stacked members share one)."""
         return self.program.groups
 
+    @property
+    def captured(self) -> list[tuple[int, str]]:
+        """(bucket, input dtype) of every captured graph."""
+        return [(bucket, str(dtype).removeprefix("torch.")) for bucket, dtype in self._graphs]
+
     def _combine(self, outs: list[Any]) -> tuple[Any, Any]:
         member = self.program.combine(outs)
         return member, member.sum(0)
 
-    def _forward(self, static_in: Any) -> tuple[Any, Any]:
+    def _input_dtype(self, images_dtype: Any) -> Any:
         import torch
 
-        x = self._prepare(static_in)
-        if self.streams is None:
-            return self._combine_fn([unit(x) for unit in self._units])
-        main = torch.cuda.current_stream(self.device)
-        outs = []
-        for unit, stream in zip(self._units, self.streams):
-            stream.wait_stream(main)  # fork: an event recorded on main, waited on `stream`
-            with torch.cuda.stream(stream):
-                outs.append(unit(x))
-        for stream in self.streams:
-            main.wait_stream(stream)  # join before the sum
-        return self._combine_fn(outs)
+        return torch.uint8 if self.uint8_input and images_dtype == torch.uint8 else torch.float32
 
-    def capture(self, bucket: int, warmup: int = 2) -> None:
-        """Compile (first time) and capture the graph of `bucket` images, if not captured yet."""
+    def capture(self, bucket: int, images_dtype: Any = None) -> None:
+        """Compile (first time) and capture the graph of `bucket` images of `images_dtype`
+        (default uint8), if not captured yet."""
         import torch
 
-        if bucket in self._graphs:
-            return
         if bucket not in self.buckets:
             raise ValueError(f"bucket {bucket} is not one of {self.buckets}")
-        static_in = torch.zeros((bucket, *self.input_shape), device=self.device)
-        with torch.no_grad():
-            self.capture_stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.capture_stream):  # compile + warm up on the streams the graph uses
-                for _ in range(warmup):
-                    self._forward(static_in)
-            torch.cuda.synchronize(self.device)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=self.capture_stream):
-                member, total = self._forward(static_in)
-            torch.cuda.synchronize(self.device)
-        self._pool = graph.pool() if self._pool is None else self._pool
-        self._graphs[bucket] = (graph, static_in, member, total)
+        dtype = self._input_dtype(torch.uint8 if images_dtype is None else images_dtype)
+        if (bucket, dtype) not in self._graphs:
+            static_in = torch.zeros((bucket, *self.input_shape), dtype=dtype, device=self.device)
+            self._graphs.capture((bucket, dtype), static_in)
 
     def run(self, images: Any) -> tuple[Any, Any]:
         """Images (n, c, H, W) on the device (uint8 or float) -> (member logits (M, n, C),
@@ -231,17 +230,16 @@ class CudaGraphCommittee:
                 f"expected images of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(images.shape)}"
             )
         bucket = bucket_for(n, self.buckets)
-        if bucket not in self._graphs:
-            self.capture(bucket)
-        graph, static_in, member, total = self._graphs[bucket]
-        static_in[:n].copy_(images, non_blocking=True)
-        graph.replay()
+        key = (bucket, self._input_dtype(images.dtype))
+        if key not in self._graphs:
+            self.capture(bucket, images.dtype)
+        self._graphs.static_input(key)[:n].copy_(images, non_blocking=True)
+        member, total = self._graphs.replay(key)
         return member[:, :n], total[:n]
 
     def close(self) -> None:
         """Drop the graphs and their memory."""
-        self._graphs.clear()
-        self._pool = None
+        self._graphs.close()
 
 
 class CudaGraphBackend(Backend):
@@ -276,28 +274,27 @@ def open(
     device: str | None = None,
     precision: str = "bf16",
     max_batch: int = 256,
-    stack: bool = True,
+    stack: str = "shape",
+    sdpa: str = "per-heads",
+    bias: str = "baddbmm",
     streams: bool = True,
     compile: str = "default",
+    one_graph: bool = False,
+    input: str = "uint8",
     **options: Any,
 ) -> CudaGraphBackend:
     """Open the cuda-graph backend on `source`'s torch weights (models, checkpoints or
     the export's safetensors). Options as `CudaGraphCommittee`."""
     if options:
         raise BackendUnavailable(
-            f"cuda-graph backend: unknown option(s) {sorted(options)}; "
-            "it takes device, precision, max_batch, stack, streams, compile"
+            f"cuda-graph backend: unknown option(s) {sorted(options)}; it takes device, precision, max_batch, "
+            "stack, sdpa, bias, streams, compile, one_graph, input"
         )
     if device is not None and not str(device).startswith("cuda"):
         raise BackendUnavailable(f"cuda-graph backend runs on CUDA devices only, asked for device={device!r}")
     models = source.torch_models()
     engine = CudaGraphCommittee(
-        models,
-        device=device or "cuda",
-        precision=precision,
-        max_batch=max_batch,
-        stack=stack,
-        streams=streams,
-        compile=compile,
-    )
+        models, device=device or "cuda", precision=precision, max_batch=max_batch, stack=stack, sdpa=sdpa,
+        bias=bias, streams=streams, compile=compile, one_graph=one_graph, input=input,
+    )  # fmt: skip
     return CudaGraphBackend(engine)
