@@ -1,12 +1,11 @@
 """The real server (uvicorn on a free loopback port) and the Triton repository, on a tiny
-two-member committee (dim 32) exported to ONNX once for this module."""
+two-member committee (dim 32) exported to ONNX once per session (conftest)."""
 
 import argparse
 import concurrent.futures
 import importlib.util
 import json
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,29 +13,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
-import uvicorn
 
-from lsmha import create_model
 from lsmha.engine import Committee
-from lsmha.serving import CommitteeService, ServeConfig, create_app
+from lsmha.serving import BackgroundServer, CommitteeService, ServeConfig
 from lsmha.serving.protocol import decode_outputs, encode_images, join_body
 
 NAME = "lsmha_committee"
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    from lsmha.export import export_onnx
-
-    torch.manual_seed(0)
-    models = [
-        create_model("cct_1_3x1", dim=32, heads=2, num_classes=10).eval(),
-        create_model("cct_1_3x1", dim=32, heads=4, num_classes=10, n_conv=2).eval(),
-    ]
-    directory = tmp_path_factory.mktemp("export")
-    export_onnx(models, directory)
-    return directory
+def export_dir(serving_export):
+    return serving_export
 
 
 @pytest.fixture(scope="module")
@@ -46,37 +33,7 @@ def committee(export_dir):
     c.close()
 
 
-class Server:
-    """uvicorn serving `app` in a thread, on a socket bound here (no port race)."""
-
-    def __init__(self, service: CommitteeService) -> None:
-        self.service = service
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(service), log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while httpx.get(f"{self.url}/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, f"not ready: {httpx.get(f'{self.url}/v2/health/ready').text}"
-            time.sleep(0.02)
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
+class Server(BackgroundServer):
     def infer(self, body, name=NAME, **kw) -> httpx.Response:
         if isinstance(body, (bytes, str)):
             return httpx.post(f"{self.url}/v2/models/{name}/infer", content=body, timeout=30, **kw)
@@ -132,7 +89,7 @@ def test_concurrent_clients_get_exactly_committee_predict(server, committee):
     assert server.service.batcher.stats.multi_request_batches > before  # requests were merged
     metrics = httpx.get(f"{server.url}/metrics").text
     count = float(_sample(metrics, "lsmha_batch_requests_count"))
-    single = float(_sample(metrics, 'lsmha_batch_requests_bucket{le="1"}'))
+    single = float(_sample(metrics, 'lsmha_batch_requests_bucket{le="1.0"}'))
     assert count - single >= 1, "no executed batch held more than one request"
     assert float(_sample(metrics, "lsmha_batch_size_sum")) >= clients * per_client
 
@@ -389,7 +346,7 @@ def test_lsmha_serve_process_serves_and_refuses_bad_directories(export_dir, comm
     from lsmha.serving.cli import main
 
     assert main([str(tmp_path / "missing")]) == 2
-    assert main([str(tmp_path)]) == 1  # exists, but holds no manifest
+    assert main([str(tmp_path)]) == 2  # exists, but holds no manifest: a bad input, usage
     port = free_port()
     proc = start_server(export_dir, port, ["--backend", "onnxruntime", "--max-batch", "4", "--name", "cifar"])
     try:

@@ -1,70 +1,75 @@
-"""Hand-written Prometheus text: every line is valid exposition format, histograms are cumulative."""
-
-import re
+"""The server's metrics on prometheus_client: the names and labels dashboards read, valid
+exposition text, cumulative histograms, one registry per server, a bounded model label."""
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from lsmha.serving.metrics import Counter, Histogram, Registry, ServerMetrics
+from lsmha.serving.metrics import ERROR_KINDS, UNKNOWN_MODEL, ServerMetrics
 
-SAMPLE = re.compile(
-    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*",?)*\})? (-?[0-9.e+-]+|\+Inf)$'
-)
-
-
-def _check_format(text: str) -> dict[str, float]:
-    """Validate every line; return sample name{labels} -> value."""
-    assert text.endswith("\n")
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        assert SAMPLE.match(line), f"not a valid sample line: {line!r}"
-        key, value = line.rsplit(" ", 1)
-        samples[key] = float(value)
-    return samples
+NAMES = {
+    "lsmha_requests": "counter",
+    "lsmha_images": "counter",
+    "lsmha_errors": "counter",
+    "lsmha_batch_size": "histogram",
+    "lsmha_batch_requests": "histogram",
+    "lsmha_queue_seconds": "histogram",
+    "lsmha_compute_seconds": "histogram",
+    "lsmha_queue_depth": "gauge",
+    "lsmha_ready": "gauge",
+}
 
 
-def test_server_metrics_render_valid_text():
-    m = ServerMetrics(max_batch=24)
-    m.requests.inc(model="lsmha")
-    m.errors.inc(kind="bad_request")
-    m.errors.inc(2, kind="queue_full")
+def _samples(m: ServerMetrics) -> dict[str, float]:
+    """Parse the exposition text (fails on an invalid line): 'name{k="v"}' -> value."""
+    text = m.render().decode()
+    families = list(text_string_to_metric_families(text))
+    assert {f.name: f.type for f in families} == NAMES
+    out = {}
+    for family in families:
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
+def test_server_metrics_keep_their_names_labels_and_buckets():
+    m = ServerMetrics(max_batch=24, model="lsmha")
+    m.request("lsmha")
+    m.error("bad_request")
+    m.error("queue_full")
+    m.error("queue_full")
     for size in (1, 3, 24, 24):
         m.batch_size.observe(size)
     m.queue_seconds.observe(0.0015)
     m.queue_depth.set(3)
-    s = _check_format(m.render())
+    s = _samples(m)
     assert s['lsmha_requests_total{model="lsmha"}'] == 1
     assert s['lsmha_errors_total{kind="queue_full"}'] == 2 and s['lsmha_errors_total{kind="bad_request"}'] == 1
-    assert s['lsmha_batch_size_bucket{le="1"}'] == 1 and s['lsmha_batch_size_bucket{le="4"}'] == 2
-    assert s['lsmha_batch_size_bucket{le="24"}'] == 4 and s['lsmha_batch_size_bucket{le="+Inf"}'] == 4
+    assert all(f'lsmha_errors_total{{kind="{k}"}}' in s for k in ERROR_KINDS)  # every kind exists from 0
+    assert s['lsmha_batch_size_bucket{le="1.0"}'] == 1 and s['lsmha_batch_size_bucket{le="4.0"}'] == 2
+    assert s['lsmha_batch_size_bucket{le="24.0"}'] == 4 and s['lsmha_batch_size_bucket{le="+Inf"}'] == 4
     assert s["lsmha_batch_size_sum"] == 52 and s["lsmha_batch_size_count"] == 4
     assert s['lsmha_queue_seconds_bucket{le="0.0008"}'] == 0 and s['lsmha_queue_seconds_bucket{le="0.0016"}'] == 1
     assert s["lsmha_queue_depth"] == 3 and s["lsmha_ready"] == 0
-    text = m.render()
-    assert "# TYPE lsmha_batch_size histogram" in text and "# TYPE lsmha_errors_total counter" in text
+    assert not any("_created" in k for k in s)
+    assert m.value("lsmha_batch_size_count") == 4 and m.value("lsmha_errors_total", kind="queue_full") == 2
 
 
-def test_labels_are_escaped_and_checked():
-    c = Counter("x_total", "x", ("path",))
-    c.inc(path='a"b\\c\nd')
-    (line,) = [ln for ln in c.render() if not ln.startswith("#")]
-    assert line == 'x_total{path="a\\"b\\\\c\\nd"} 1'
-    assert SAMPLE.match(line)
-    with pytest.raises(ValueError, match="takes labels"):
-        c.inc(kind="y")
-    with pytest.raises(ValueError, match="only goes up"):
-        c.inc(-1, path="p")
+def test_unknown_model_names_share_one_label_and_servers_do_not_share_counts():
+    a, b = ServerMetrics(max_batch=8, model="served"), ServerMetrics(max_batch=8, model="served")
+    for i in range(100):
+        a.request(f'name-{i}"\n' + "x" * 500)
+    a.request("served")
+    s = _samples(a)
+    models = [k for k in s if k.startswith("lsmha_requests_total")]
+    assert sorted(models) == [
+        f'lsmha_requests_total{{model="{UNKNOWN_MODEL}"}}',
+        'lsmha_requests_total{model="served"}',
+    ]
+    assert s[f'lsmha_requests_total{{model="{UNKNOWN_MODEL}"}}'] == 100 and len(a.render()) < 8000
+    assert b.value("lsmha_requests_total", model=UNKNOWN_MODEL) == 0  # one registry per server
 
 
-def test_histogram_and_registry_refuse_bad_setup():
-    with pytest.raises(ValueError, match="strictly increasing"):
-        Histogram("h", "h", (2.0, 1.0))
-    r = Registry()
-    r.add(Counter("a_total", "a"))
-    with pytest.raises(ValueError, match="already registered"):
-        r.add(Counter("a_total", "a"))
-    h = Histogram("h", "h", (1.0, 10.0))
-    for v in (0.5, 1.0, 5.0, 50.0):
-        h.observe(v)
-    assert h.count == 4 and h.counts_above(1.0) == 2 and h.counts_above(10.0) == 1
+def test_unknown_error_kinds_are_refused():
+    with pytest.raises(ValueError, match="unknown error kind 'oops'"):
+        ServerMetrics(max_batch=4).error("oops")

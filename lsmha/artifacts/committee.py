@@ -46,8 +46,16 @@ def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike
 def read_committee(path: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]:
     """The manifest document and its members' verified checkpoint paths."""
     path, doc = read_json_document(path, "committee.json", FORMAT, " (the committee manifest)")
+    members = doc.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError(
+            f"{path}: expected a non-empty 'members' list of {{'checkpoint', 'sha256'}} entries, "
+            f"found {'no members field' if members is None else repr(members)[:80]}; write it with write_committee"
+        )
+    if not all(isinstance(m, dict) and {"checkpoint", "sha256"} <= m.keys() for m in members):
+        raise ValueError(f"{path}: every member needs 'checkpoint' and 'sha256' fields, found {repr(members)[:200]}")
     paths = []
-    for member in doc["members"]:
+    for member in members:
         ck = resolve_inside(path.parent, member["checkpoint"])
         if not ck.is_file():
             raise FileNotFoundError(f"{path}: member checkpoint {member['checkpoint']} is missing")

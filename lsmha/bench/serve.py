@@ -163,7 +163,7 @@ def scrape_batching(url: str) -> dict[str, float]:
     return {
         "batches": batches,
         "images": value("lsmha_batch_size_sum"),
-        "multi": batches - value(r'lsmha_batch_requests_bucket\{le="1"\}'),
+        "multi": batches - value(r'lsmha_batch_requests_bucket\{le="1(?:\.0)?"\}'),  # prometheus_client: "1.0"
     }
 
 

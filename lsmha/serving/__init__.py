@@ -1,18 +1,37 @@
 """Serving: the KServe v2 HTTP server (`lsmha-serve`), its dynamic batcher and metrics,
 and the Triton model-repository writer (`lsmha-export triton`).
 
-Light on import: FastAPI/uvicorn (the `serve` extra) load only with `create_app` or
-`CommitteeService`, so `lsmha-export triton` works without them.
+Light on import: FastAPI, uvicorn and prometheus_client (the `serve` extra) load only
+with `create_app`, `CommitteeService`, `CommitteeServer`, `BackgroundServer` or
+`ServerMetrics`, so `lsmha-export triton` works without them.
 """
 
-from .batcher import BatcherStats, DynamicBatcher, QueueFull
+from .batcher import BatcherStats, BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
-from .metrics import ServerMetrics
-from .protocol import InferRequest, InputSpec, ProtocolError, decode_outputs, decode_request, encode_images
+from .protocol import (
+    InferRequest,
+    InputSpec,
+    ProtocolError,
+    decode_body,
+    decode_outputs,
+    decode_request,
+    encode_images,
+)
 from .triton import write_triton_repository
 
+_LAZY = {
+    "CommitteeService": "app",
+    "create_app": "app",
+    "CommitteeServer": "server",
+    "BackgroundServer": "server",
+    "ServerMetrics": "metrics",
+}
+
 __all__ = [
+    "BackgroundServer",
+    "BatchKey",
     "BatcherStats",
+    "CommitteeServer",
     "CommitteeService",
     "DynamicBatcher",
     "InferRequest",
@@ -21,7 +40,9 @@ __all__ = [
     "QueueFull",
     "ServeConfig",
     "ServerMetrics",
+    "ShuttingDown",
     "create_app",
+    "decode_body",
     "decode_outputs",
     "decode_request",
     "encode_images",
@@ -30,8 +51,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("CommitteeService", "create_app"):
-        from . import app
+    if name in _LAZY:
+        import importlib
 
-        return getattr(app, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lsmha.serving' has no attribute {name!r}")

@@ -9,11 +9,14 @@
     (each of the three also as /v2/models/{name}/versions/1/...)
     GET  /metrics                   Prometheus text
 
-Errors are v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model,
-413 payload over the limit, 503 not ready or queue full (with Retry-After),
+Errors are v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model
+or route, 405 wrong method, 408 a body slower than `body_timeout_s`, 413 payload
+over the limit, 503 not ready, queue full or shutting down (with Retry-After),
 500 a failed batch (only that batch's requests; the server keeps serving).
 The committee loads in a background thread after the server starts, so
-liveness answers at once and readiness tells when to send traffic.
+liveness answers at once and readiness tells when to send traffic. Request
+bodies are parsed in a worker thread, so the event loop keeps reading other
+requests and answering health checks meanwhile.
 """
 
 from __future__ import annotations
@@ -21,28 +24,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from .batcher import DynamicBatcher, QueueFull
+from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import (
     HEADER_LENGTH,
     INPUT_NAME,
+    InferRequest,
     InputSpec,
     ProtocolError,
-    decode_request,
+    check_json_size,
+    decode_body,
     encode_response,
     join_body,
-    split_body,
 )
 
 log = logging.getLogger("lsmha.serving")
@@ -65,7 +71,7 @@ class CommitteeService:
         on_load_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.loader, self.config, self.on_load_failure = loader, config, on_load_failure
-        self.metrics = ServerMetrics(config.max_batch)
+        self.metrics = ServerMetrics(config.max_batch, config.name)
         self.batcher = DynamicBatcher(
             self.run,
             max_batch=config.max_batch,
@@ -77,6 +83,7 @@ class CommitteeService:
         self.spec: InputSpec | None = None
         self.ready = False
         self.failure: str | None = None
+        self._decoder: ThreadPoolExecutor | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -87,8 +94,9 @@ class CommitteeService:
             rng = np.random.default_rng(0)
             for n in sorted({1, self.config.max_batch}):
                 pixels = rng.integers(0, 256, (n, *spec.shape("UINT8")), dtype=np.uint8)
-                self._compute(committee, pixels, ("|u1", True))
-                self._compute(committee, pixels.transpose(0, 3, 1, 2).astype(np.float32), ("<f4", False))
+                self._compute(committee, pixels, BatchKey.of(pixels, member_logits=True))
+                floats = pixels.transpose(0, 3, 1, 2).astype(np.float32)
+                self._compute(committee, floats, BatchKey.of(floats, member_logits=False))
         self.committee, self.spec = committee, spec
 
     async def load(self) -> None:
@@ -107,10 +115,29 @@ class CommitteeService:
 
     # -- inference -----------------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Start the batcher and the body decoder (the app's lifespan calls this)."""
+        # one thread: parsing holds the interpreter, so more threads would not parse faster,
+        # and bodies waiting for it stay queued off the event loop
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsmha-decode")
+        await self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+            self._decoder = None
+        if self.committee is not None:
+            self.committee.close()
+
+    async def decode(self, body: bytes, header_length: str | None) -> InferRequest:
+        """`protocol.decode_body` in the decoder thread: the event loop stays free meanwhile."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, decode_body, body, header_length, self.spec)
+
     @staticmethod
-    def _compute(committee: Any, images: np.ndarray, key: Hashable) -> dict[str, np.ndarray]:
-        _, wants_members = key
-        if wants_members:
+    def _compute(committee: Any, images: np.ndarray, key: BatchKey) -> dict[str, np.ndarray]:
+        if key.member_logits:
             members = committee.member_logits(images)  # (M, N, classes)
             logits = members.sum(axis=0)
             out = {"member_logits": np.ascontiguousarray(members.transpose(1, 0, 2))}
@@ -118,7 +145,7 @@ class CommitteeService:
             logits, out = committee.predict_logits(images), {}
         return {"logits": logits, "label": logits.argmax(axis=1).astype(np.int64), **out}
 
-    def run(self, images: np.ndarray, key: Hashable) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray, key: BatchKey) -> dict[str, np.ndarray]:
         """One executed batch: every output, batch axis first (the batcher's `run`)."""
         return self._compute(self.committee, images, key)
 
@@ -144,25 +171,45 @@ class CommitteeService:
         }
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # json.dumps escapes non-ASCII, so no client text (not even a lone surrogate) can fail the encoding
+    return Response(json.dumps(doc, separators=(",", ":")), status, headers, media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
+
+
+def _is_count(text: str | None) -> bool:
+    return text is not None and text.isascii() and text.isdigit()
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all, and
+    (408) a body that has not arrived `timeout_s` after the headers did."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if _is_count(declared) and int(declared) > limit:
         raise ProtocolError(f"payload of {declared} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ProtocolError(f"payload exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise ProtocolError(f"payload exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        expected = f" of {declared}" if _is_count(declared) else ""
+        raise ProtocolError(
+            f"the request body did not arrive within {timeout_s:g} s ({total}{expected} bytes came; "
+            "--body-timeout-s); send it faster or in smaller requests",
+            408,
+        ) from None
     return b"".join(chunks)
 
 
-ERROR_KINDS = {400: "bad_request", 404: "unknown_model", 413: "payload_too_large", 500: "internal"}
+ERROR_KINDS = {400: "bad_request", 404: "unknown_model", 408: "timeout", 413: "payload_too_large"}
+UNREAD_BODY = {408, 413}  # answered before the whole body came: the connection cannot be reused
 
 
 def create_app(service: CommitteeService) -> FastAPI:
@@ -171,24 +218,27 @@ def create_app(service: CommitteeService) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await service.batcher.start()
+        await service.start()
         loading = asyncio.create_task(service.load())
         try:
             yield
         finally:
             loading.cancel()
-            await service.batcher.stop()
-            if service.committee is not None:
-                service.committee.close()
+            await service.stop()
 
     app = FastAPI(title="lsmha-serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    def not_ready() -> JSONResponse:
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def not_ready() -> Response:
         reason = service.failure or "the committee is still loading or warming up"
         return _error(503, f"model {config.name!r} is not ready: {reason}", {"Retry-After": "1"})
 
@@ -198,7 +248,7 @@ def create_app(service: CommitteeService) -> FastAPI:
 
     @app.get("/v2/health/ready")
     async def ready() -> Response:
-        return JSONResponse({"ready": True}) if service.ready else not_ready()
+        return _json({"ready": True}) if service.ready else not_ready()
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
@@ -217,14 +267,14 @@ def create_app(service: CommitteeService) -> FastAPI:
     async def model_metadata(name: str, version: str | None = None) -> Response:
         if why := unknown(name, version):
             return _error(404, why)
-        return JSONResponse(service.metadata()) if service.ready else not_ready()
+        return _json(service.metadata()) if service.ready else not_ready()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str | None = None) -> Response:
         if why := unknown(name, version):
             return _error(404, why)
-        return JSONResponse({"name": name, "ready": True}) if service.ready else not_ready()
+        return _json({"name": name, "ready": True}) if service.ready else not_ready()
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -233,36 +283,47 @@ def create_app(service: CommitteeService) -> FastAPI:
     @app.post("/v2/models/{name}/infer")
     @app.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        metrics.requests.inc(model=name)
+        metrics.request(name)
         try:
             if why := unknown(name, version):
                 raise ProtocolError(why, 404)
             if not service.ready:
-                metrics.errors.inc(kind="not_ready")
+                metrics.error("not_ready")
                 return not_ready()
-            body = await _read_body(request, config.max_body_bytes)
-            head, binary = split_body(body, request.headers.get(HEADER_LENGTH))
-            try:
-                doc = json.loads(head)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ProtocolError(f"the request body is not valid JSON: {err}") from None
-            req = decode_request(doc, service.spec, binary)
-            rows = await service.batcher.submit(req.images, key=(req.images.dtype.str, req.wants_members))
+            header_length = request.headers.get(HEADER_LENGTH)
+            if header_length is None and _is_count(declared := request.headers.get("content-length")):
+                check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
+            body = await _read_body(request, config.max_body_bytes, config.body_timeout_s)
+            req = await service.decode(body, header_length)
+            rows = await service.batcher.submit(req.images, key=BatchKey.of(req.images, req.wants_members))
         except ProtocolError as err:
-            metrics.errors.inc(kind=ERROR_KINDS.get(err.status, "bad_request"))
-            return _error(err.status, str(err))
+            metrics.error(ERROR_KINDS.get(err.status, "bad_request"))
+            close = {"Connection": "close"} if err.status in UNREAD_BODY else None
+            return _error(err.status, str(err), close)
+        except ClientDisconnect:  # nobody to answer; one line, not a traceback
+            metrics.error("disconnected")
+            log.info("client %s went away before its request body arrived", _peer(request))
+            return _error(400, "client disconnected")
         except QueueFull as err:
-            metrics.errors.inc(kind="queue_full")
+            metrics.error("queue_full")
             return _error(503, str(err), {"Retry-After": str(err.retry_after_s)})
+        except ShuttingDown as err:
+            metrics.error("shutting_down")
+            return _error(503, str(err), {"Retry-After": "1"})
         except Exception as err:  # a failed batch: only its requests fail
-            metrics.errors.inc(kind="internal")
+            metrics.error("internal")
             log.exception("inference failed")
             return _error(500, f"inference failed: {type(err).__name__}: {err}")
         metrics.images.inc(len(req.images))
         doc, blobs = encode_response(config.name, req, rows, MODEL_VERSION)
-        if not blobs:
-            return JSONResponse(doc)
         content, length = join_body(doc, blobs)
+        if length is None:
+            return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
 
     return app
+
+
+def _peer(request: Request) -> str:
+    client = request.client
+    return f"{client.host}:{client.port}" if client else "(unknown address)"

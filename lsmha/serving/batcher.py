@@ -2,16 +2,18 @@
 
 The first waiting request opens a batch; the batch closes when it holds
 `max_batch` images or `max_delay_ms` after that request arrived, whichever
-comes first. Only requests with the same `key` (e.g. dtype and which outputs
-are wanted) share a batch; others wait for the next one in arrival order. The
-batch runs in a worker thread (the event loop keeps accepting requests), and
-each caller gets exactly its own rows of every output. A batch that raises
-fails only the requests inside it. At most `max_queue` requests wait: beyond
-that `submit` raises `QueueFull` at once, never an unbounded backlog.
+comes first. Only requests with the same `key` (the server uses `BatchKey`:
+the images' dtype and whether member logits are wanted) share a batch; others
+wait for the next one in arrival order. The batch runs in a worker thread
+(the event loop keeps accepting requests), and each caller gets exactly its
+own rows of every output. A batch that raises fails only the requests inside
+it. At most `max_queue` requests wait: beyond that `submit` raises `QueueFull`
+at once, never an unbounded backlog.
 
     batcher = DynamicBatcher(run, max_batch=32, max_delay_ms=2, max_queue=256)
     await batcher.start()
-    rows = await batcher.submit(images, key="uint8")   # dict name -> array, batch axis first
+    rows = await batcher.submit(images, key=BatchKey.of(images, member_logits=False))
+    # rows: dict name -> array, batch axis first
 """
 
 from __future__ import annotations
@@ -23,12 +25,36 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .metrics import ServerMetrics
+if TYPE_CHECKING:  # prometheus_client (the serve extra) only where metrics are used
+    from .metrics import ServerMetrics
 
 RunFn = Callable[[np.ndarray, Hashable], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What requests must share to run in one batch: the images' dtype (their arrays are
+    concatenated) and whether member logits are computed (another committee call).
+
+    Args:
+        dtype: the numpy dtype string of the images, e.g. "|u1" (uint8) or "<f4" (float32).
+        member_logits: whether the batch computes each member's logits.
+    """
+
+    dtype: str
+    member_logits: bool
+
+    @classmethod
+    def of(cls, images: np.ndarray, member_logits: bool) -> BatchKey:
+        return cls(images.dtype.str, member_logits)
+
+
+class ShuttingDown(RuntimeError):
+    """The batcher stopped before this request's batch ran (the server is shutting down)."""
 
 
 class QueueFull(RuntimeError):
@@ -107,7 +133,7 @@ class DynamicBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._loop(), name="lsmha-batcher")
 
     async def stop(self) -> None:
-        """Stop the loop; requests still waiting fail with RuntimeError."""
+        """Stop the loop; requests still waiting fail with `ShuttingDown`."""
         if self._worker is None:
             return
         self._worker.cancel()
@@ -116,7 +142,7 @@ class DynamicBatcher:
         while self._pending:
             item = self._pending.popleft()
             if not item.future.done():
-                item.future.set_exception(RuntimeError("the server is shutting down; retry elsewhere"))
+                item.future.set_exception(ShuttingDown("the server is shutting down; retry elsewhere"))
         self._executor.shutdown(wait=True)
         self._worker = self._executor = None
 
@@ -184,7 +210,7 @@ class DynamicBatcher:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), timeout=left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = self._take()
             if batch:
@@ -201,7 +227,7 @@ class DynamicBatcher:
         except asyncio.CancelledError:  # stop() while the batch ran: its callers must not hang
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(RuntimeError("the server is shutting down; retry elsewhere"))
+                    p.future.set_exception(ShuttingDown("the server is shutting down; retry elsewhere"))
             raise
         except Exception as err:  # the batch fails, its requests get the error, the loop goes on
             self.stats.failed_batches += 1

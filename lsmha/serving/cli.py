@@ -3,6 +3,8 @@
 lsmha-serve exports/table6 --port 8000 --max-batch 32 --max-delay-ms 2
 curl -s localhost:8000/v2/health/ready
 curl -s localhost:8000/v2/models/lsmha_committee
+
+SIGTERM or Ctrl-C stops it gracefully (requests in flight get --shutdown-timeout-s) and it exits 0.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from .config import ServeConfig
+
+PROG = "lsmha-serve"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="lsmha-serve",
+        prog=PROG,
         description="Serve a soft committee over HTTP with the KServe v2 inference protocol "
         "(JSON or binary tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
         formatter_class=HelpFormatter,
@@ -42,63 +46,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-body-mb", type=float, default=ServeConfig.max_body_mb, help="largest request body (413 beyond)"
     )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=ServeConfig.body_timeout_s,
+        help="longest a request body may take to arrive after its headers (408 and the connection closed beyond)",
+    )
+    p.add_argument(
+        "--shutdown-timeout-s",
+        type=float,
+        default=ServeConfig.shutdown_timeout_s,
+        help="on SIGTERM, longest to wait for requests in flight before cancelling them",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend (default: its own choice)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
     p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
     )
-    return p
+    return add_exit_codes(p)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.max_batch < 1 or args.max_queue < 1 or args.max_delay_ms < 0 or args.max_body_mb <= 0:
-        parser.error("--max-batch and --max-queue must be >= 1, --max-delay-ms >= 0, --max-body-mb > 0")
+def serve(args: argparse.Namespace) -> int:
+    try:
+        config = ServeConfig(
+            name=args.name,
+            max_batch=args.max_batch,
+            max_delay_ms=args.max_delay_ms,
+            max_queue=args.max_queue,
+            max_body_mb=args.max_body_mb,
+            body_timeout_s=args.body_timeout_s,
+            shutdown_timeout_s=args.shutdown_timeout_s,
+            warmup=not args.no_warmup,
+        )
+    except ValueError as err:
+        raise CliError.usage(str(err)) from None
     if not args.dir.exists():
-        print(f"error: {args.dir} does not exist (expected an export directory or committee.json)", file=sys.stderr)
-        return 2
+        raise CliError.usage(f"{args.dir} does not exist (expected an export directory or committee.json)")
     try:
-        import uvicorn
-
-        from .app import CommitteeService, create_app
+        from .app import CommitteeService
+        from .server import CommitteeServer
     except ImportError as err:
-        print(f"error: lsmha-serve needs the serve extra: pip install 'lsmha[serve]' ({err})", file=sys.stderr)
-        return 1
-    try:
-        from ..engine import Committee, load_source
+        raise CliError.environment(f"{PROG} needs the serve extra: pip install 'lsmha[serve]' ({err})") from None
+    from ..engine import Committee, load_source
 
-        load_source(args.dir)  # fail fast on a bad directory: hashes, paths, format
-    except (ImportError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = {} if args.threads is None else {"threads": args.threads}
-    config = ServeConfig(
-        name=args.name,
-        max_batch=args.max_batch,
-        max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue,
-        max_body_mb=args.max_body_mb,
-        warmup=not args.no_warmup,
-    )
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
+    server: CommitteeServer | None = None
 
     def on_failure(err: BaseException) -> None:
-        failed.append(err)
         if server is not None:
             server.should_exit = True
 
     service = CommitteeService(lambda: Committee.load(args.dir, args.backend, **options), config, on_failure)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
-    )
+    server = CommitteeServer(service, host=args.host, port=args.port, log_level=args.log_level)
     server.run()
-    if failed:
-        print(f"error: {service.failure}", file=sys.stderr)
-        return 1
+    if service.failure is not None:
+        raise CliError(service.failure)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(PROG, serve, args)
 
 
 if __name__ == "__main__":

@@ -1,186 +1,98 @@
-"""Prometheus metrics in the text exposition format (version 0.0.4), written by hand.
+"""The server's Prometheus metrics (prometheus_client), one registry per server.
 
-Three kinds, enough for a server: `Counter` (monotone, optional labels),
-`Gauge` (a value that goes up and down) and `Histogram` (cumulative buckets,
-`_sum`, `_count`). A `Registry` renders all of them for `GET /metrics`:
-
-    # HELP lsmha_batch_size Images per executed batch.
-    # TYPE lsmha_batch_size histogram
-    lsmha_batch_size_bucket{le="1"} 3
-    ...
-    lsmha_batch_size_sum 57
-    lsmha_batch_size_count 12
+lsmha_requests_total{model}    inference requests received; names this server does not
+                               serve count under model="_unknown" (a bounded label set)
+lsmha_images_total             images answered successfully
+lsmha_errors_total{kind}       failed requests: bad_request, unknown_model, payload_too_large,
+                               timeout, disconnected, not_ready, queue_full, shutting_down, internal
+lsmha_batch_size               histogram: images per executed batch
+lsmha_batch_requests           histogram: requests merged into one executed batch
+lsmha_queue_seconds            histogram: time a request waited before its batch ran
+lsmha_compute_seconds          histogram: time one batch spent in the committee
+lsmha_queue_depth              gauge: requests waiting for a batch
+lsmha_ready                    gauge: 1 once the committee is loaded and warmed up
 """
 
 from __future__ import annotations
 
-import bisect
-import math
-import threading
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(int(value)) if float(value).is_integer() and abs(value) < 2**53 else repr(float(value))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
-        self.name, self.help, self.label_names = name, help, tuple(labels)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.label_names):
-            raise ValueError(f"{self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return tuple(str(labels[n]) for n in self.label_names)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-
-class Counter(_Metric):
-    """A monotone count, optionally split by labels (`inc(kind="bad_request")`)."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
-        super().__init__(name, help, labels)
-        self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"a counter only goes up, got inc({amount})")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in items]
-
-
-class Gauge(_Metric):
-    """A value that goes up and down (queue depth, readiness)."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str) -> None:
-        super().__init__(name, help)
-        self._value = 0.0
-
-    def set(self, value: float) -> None:
-        with self._lock:
-            self._value = float(value)
-
-    def value(self) -> float:
-        with self._lock:
-            return self._value
-
-    def render(self) -> list[str]:
-        return self.header() + [f"{self.name} {_number(self.value())}"]
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets (upper bounds `buckets`, +Inf added)."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help: str, buckets: tuple[float, ...]) -> None:
-        super().__init__(name, help)
-        if list(buckets) != sorted(set(buckets)) or not buckets:
-            raise ValueError(f"{name}: buckets must be strictly increasing and non-empty, got {buckets}")
-        self.buckets = tuple(float(b) for b in buckets)
-        self._counts = [0] * (len(self.buckets) + 1)  # last: above every bound
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._counts[bisect.bisect_left(self.buckets, value)] += 1
-            self._sum += value
-
-    @property
-    def count(self) -> int:
-        with self._lock:
-            return sum(self._counts)
-
-    def counts_above(self, bound: float) -> int:
-        """Observations strictly greater than `bound` (a bucket bound)."""
-        with self._lock:
-            return sum(self._counts[bisect.bisect_right(self.buckets, bound) :])
-
-    def render(self) -> list[str]:
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        lines, running = self.header(), 0
-        for bound, n in zip((*self.buckets, math.inf), counts):
-            running += n
-            lines.append(f'{self.name}_bucket{{le="{_number(bound)}"}} {running}')
-        return lines + [f"{self.name}_sum {_number(total)}", f"{self.name}_count {running}"]
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what the server always sent; only legacy names are used
+UNKNOWN_MODEL = "_unknown"  # the one label value for every model name a client sends that is not served
+ERROR_KINDS = (
+    "bad_request", "unknown_model", "payload_too_large", "timeout", "disconnected",
+    "not_ready", "queue_full", "shutting_down", "internal",
+)  # fmt: skip
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
-    """`count` bounds start, start*factor, ... (e.g. 1e-4 s .. 1.6 s for latencies)."""
+    """`count` bounds start, start*factor, ... (e.g. 1e-4 s .. 3.3 s for latencies)."""
     return tuple(start * factor**i for i in range(count))
 
 
-class Registry:
-    """The metrics one server exposes; `render()` is the body of `GET /metrics`."""
+class _WithoutCreated:
+    """The registry's families less prometheus_client's `*_created` series: the server exposed
+    none before, and turning them off with `disable_created_metrics()` would change every other
+    registry in the process."""
 
-    def __init__(self) -> None:
-        self._metrics: list[_Metric] = []
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
 
-    def add(self, metric: _Metric) -> _Metric:
-        if any(m.name == metric.name for m in self._metrics):
-            raise ValueError(f"metric {metric.name} is already registered")
-        self._metrics.append(metric)
-        return metric
-
-    def render(self) -> str:
-        return "\n".join(line for m in self._metrics for line in m.render()) + "\n"
+    def collect(self):
+        for family in self.registry.collect():
+            family.samples = [s for s in family.samples if not s.name.endswith("_created")]
+            yield family
 
 
 class ServerMetrics:
-    """The serving metrics: requests, errors by kind, batch sizes, queue and compute time."""
+    """Requests, errors by kind, batch sizes, queue and compute time of one server.
 
-    def __init__(self, max_batch: int) -> None:
-        self.registry = Registry()
-        add = self.registry.add
-        self.requests = add(Counter("lsmha_requests_total", "Inference requests received.", ("model",)))
-        self.images = add(Counter("lsmha_images_total", "Images answered successfully."))
-        self.errors = add(Counter("lsmha_errors_total", "Failed inference requests by kind.", ("kind",)))
+    Args:
+        max_batch: the server's largest batch (an exact bucket of the batch histograms).
+        model: the served model name; requests for it count under its own label.
+    """
+
+    def __init__(self, max_batch: int, model: str = "lsmha_committee") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.model = model
+        r = self.registry
+        self.requests = Counter("lsmha_requests", "Inference requests received.", ["model"], registry=r)
+        self.images = Counter("lsmha_images", "Images answered successfully.", registry=r)
+        self.errors = Counter("lsmha_errors", "Failed inference requests by kind.", ["kind"], registry=r)
         sizes = tuple(sorted({1, 2, 4, 8, 16, 32, 64, 128, 256, max_batch}))
-        self.batch_size = add(Histogram("lsmha_batch_size", "Images per executed batch.", sizes))
-        self.batch_requests = add(Histogram("lsmha_batch_requests", "Requests merged into one executed batch.", sizes))
+        self.batch_size = Histogram("lsmha_batch_size", "Images per executed batch.", buckets=sizes, registry=r)
+        self.batch_requests = Histogram(
+            "lsmha_batch_requests", "Requests merged into one executed batch.", buckets=sizes, registry=r
+        )
         seconds = exponential_buckets(1e-4, 2.0, 16)  # 0.1 ms .. 3.3 s
-        self.queue_seconds = add(
-            Histogram("lsmha_queue_seconds", "Time a request waited before its batch ran.", seconds)
+        self.queue_seconds = Histogram(
+            "lsmha_queue_seconds", "Time a request waited before its batch ran.", buckets=seconds, registry=r
         )
-        self.compute_seconds = add(
-            Histogram("lsmha_compute_seconds", "Time one batch spent in the committee.", seconds)
+        self.compute_seconds = Histogram(
+            "lsmha_compute_seconds", "Time one batch spent in the committee.", buckets=seconds, registry=r
         )
-        self.queue_depth = add(Gauge("lsmha_queue_depth", "Requests waiting for a batch."))
-        self.ready = add(Gauge("lsmha_ready", "1 once the committee is loaded and warmed up."))
+        self.queue_depth = Gauge("lsmha_queue_depth", "Requests waiting for a batch.", registry=r)
+        self.ready = Gauge("lsmha_ready", "1 once the committee is loaded and warmed up.", registry=r)
+        self.requests.labels(model=model)  # series exist at 0 from the start, so rates work at once
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind=kind)
 
-    def render(self) -> str:
-        return self.registry.render()
+    def request(self, model: str) -> None:
+        """Count a request for `model`; names not served share one label, so clients cannot
+        grow the metrics without bound."""
+        self.requests.labels(model=model if model == self.model else UNKNOWN_MODEL).inc()
+
+    def error(self, kind: str) -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
+        self.errors.labels(kind=kind).inc()
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value, by its exposed name (`lsmha_errors_total`,
+        `lsmha_batch_size_count`, ...), 0 when the series does not exist yet."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def render(self) -> bytes:
+        """The body of `GET /metrics` (Prometheus text format)."""
+        return generate_latest(_WithoutCreated(self.registry))

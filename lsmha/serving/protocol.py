@@ -22,7 +22,9 @@ output (`"parameters": {"binary_data": true}`) or for all
 microseconds where JSON costs 0.3 ms per 32x32 image.
 
 Every rejection is a `ProtocolError` whose message says what was expected and
-what came; the server answers it as 400 `{"error": message}`.
+what came; the server answers it as 400 `{"error": message}` (413 for a body
+larger than any valid request needs). `decode_body` is the whole path from the
+raw HTTP body to an `InferRequest`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ ACCEPTED = {"UINT8": "NHWC", "FP32": "NCHW"}
 NUMPY_TO_V2 = {"float32": "FP32", "int64": "INT64", "uint8": "UINT8"}
 V2_TO_NUMPY = {"FP32": "<f4", "INT64": "<i8", "UINT8": "u1"}  # binary: little-endian
 HEADER_LENGTH = "Inference-Header-Content-Length"  # HTTP header of the binary tensor extension
+# A JSON value takes at most ~25 bytes ("-1.1754943508222875e-38, "); 64 leaves room for
+# indentation. A JSON part beyond what `max_images` images need is refused before parsing:
+# parsing holds the interpreter (about 15-60 ms per MiB), and no valid request needs it.
+JSON_BYTES_PER_VALUE = 64
+JSON_OVERHEAD_BYTES = 64 << 10
 
 
 class ProtocolError(ValueError):
@@ -69,6 +76,11 @@ class InputSpec:
         s, c = self.img_size, self.in_chans
         return (s, s, c) if ACCEPTED[datatype] == "NHWC" else (c, s, s)
 
+    @property
+    def max_json_bytes(self) -> int:
+        """The largest JSON part a request may have: `max_images` images written as JSON numbers."""
+        return self.max_images * math.prod(self.shape("UINT8")) * JSON_BYTES_PER_VALUE + JSON_OVERHEAD_BYTES
+
     def describe(self) -> str:
         return " or ".join(f"{dt} {ACCEPTED[dt]} shape [N, {', '.join(map(str, self.shape(dt)))}]" for dt in ACCEPTED)
 
@@ -87,9 +99,15 @@ class InferRequest:
         return "member_logits" in self.outputs
 
 
+def _show(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages echo client data, which may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in obj:
-        raise ProtocolError(f"{where} needs a {key!r} field, got keys {sorted(obj)}")
+        raise ProtocolError(f"{where} needs a {key!r} field, got keys {_show(sorted(obj))}")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
@@ -103,9 +121,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     if header_length is None:
         return body, memoryview(b"")
     text = header_length.strip()
-    if not text.isdigit() or int(text) > len(body):
+    # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses
+    if not (text.isascii() and text.isdigit()) or int(text) > len(body):
         raise ProtocolError(
-            f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {header_length!r}"
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {_show(header_length)}"
         )
     n = int(text)
     return body[:n], memoryview(body)[n:]
@@ -121,7 +140,7 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
 def _binary_values(tensor: dict[str, Any], datatype: str, shape: list[int], binary: memoryview) -> np.ndarray:
     size = _parameters(tensor, "input tensor")["binary_data_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ProtocolError(f"binary_data_size must be a non-negative int (bytes), got {size!r}")
+        raise ProtocolError(f"binary_data_size must be a non-negative int (bytes), got {_show(size)}")
     if "data" in tensor:
         raise ProtocolError("the input has both 'data' and binary_data_size: send its values one way")
     dtype = np.dtype(V2_TO_NUMPY[datatype])
@@ -140,18 +159,18 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) 
     where = "input tensor"
     name = _field(tensor, "name", str, where)
     if name != INPUT_NAME:
-        raise ProtocolError(f"unknown input {name!r}: this model takes one input named {INPUT_NAME!r}")
+        raise ProtocolError(f"unknown input {_show(name)}: this model takes one input named {INPUT_NAME!r}")
     datatype = _field(tensor, "datatype", str, where)
     if datatype not in V2_DATATYPES:
-        raise ProtocolError(f"unknown datatype {datatype!r}; the v2 protocol knows {', '.join(V2_DATATYPES)}")
+        raise ProtocolError(f"unknown datatype {_show(datatype)}; the v2 protocol knows {', '.join(V2_DATATYPES)}")
     if datatype not in ACCEPTED:
         raise ProtocolError(f"datatype {datatype} is not accepted for {INPUT_NAME!r}: expected {spec.describe()}")
     shape = _field(tensor, "shape", list, where)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"shape must be a list of non-negative ints, got {shape}")
+        raise ProtocolError(f"shape must be a list of non-negative ints, got {_show(shape)}")
     per_image = spec.shape(datatype)
     if len(shape) != 4 or tuple(shape[1:]) != per_image:
-        raise ProtocolError(f"expected {spec.describe()}, got {datatype} shape {shape}")
+        raise ProtocolError(f"expected {spec.describe()}, got {datatype} shape {_show(shape)}")
     n = shape[0]
     if n == 0:
         raise ProtocolError(f"expected at least one image, got shape {shape}")
@@ -171,6 +190,10 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) 
             raise ProtocolError(f"'data' must hold numbers, got {values.dtype.kind!r}-kind values ({values.dtype})")
         if values.size != math.prod(shape):
             raise ProtocolError(f"'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}")
+        if values.ndim != 1 and values.shape != tuple(shape):
+            raise ProtocolError(
+                f"'data' must be flat or nested exactly as shape {shape}, got values nested as {list(values.shape)}"
+            )
         values = values.reshape(shape)
     if datatype == "UINT8":
         if values.dtype.kind == "f":
@@ -192,7 +215,7 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) 
 def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     value = params.get(key, False)
     if not isinstance(value, bool):
-        raise ProtocolError(f"{where} parameter {key!r} must be true or false, got {value!r}")
+        raise ProtocolError(f"{where} parameter {key!r} must be true or false, got {_show(value)}")
     return value
 
 
@@ -205,6 +228,9 @@ def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"")
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(f"'id' must be a string, got {type(request_id).__name__}")
+    if request_id is not None and not _is_unicode(request_id):
+        # JSON lets "\ud800" through, but the answer echoes the id and UTF-8 cannot encode it
+        raise ProtocolError(f"'id' must be valid Unicode text, got {_show(request_id)} (a lone surrogate escape?)")
     inputs = _field(body, "inputs", list, "the request")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"expected exactly one input tensor object named {INPUT_NAME!r}, got {len(inputs)} item(s)")
@@ -216,9 +242,9 @@ def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"")
         names, binary_outputs = [], set()
         for item in asked:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise ProtocolError(f"each requested output must be an object with a 'name', got {item!r}")
+                raise ProtocolError(f"each requested output must be an object with a 'name', got {_show(item)}")
             if item["name"] not in OUTPUTS:
-                raise ProtocolError(f"unknown output {item['name']!r}; this model has {', '.join(OUTPUTS)}")
+                raise ProtocolError(f"unknown output {_show(item['name'])}; this model has {', '.join(OUTPUTS)}")
             names.append(item["name"])
             where = f"output {item['name']!r}"
             params = _parameters(item, where)
@@ -228,6 +254,39 @@ def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"")
         if not names and all_binary:
             binary_outputs = set(DEFAULT_OUTPUTS)
     return InferRequest(request_id, images, outputs, frozenset(binary_outputs))
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_json_size(n: int, spec: InputSpec) -> None:
+    """Refuse (413) a JSON part of `n` bytes, more than any valid request for `spec` needs."""
+    if n > spec.max_json_bytes:
+        raise ProtocolError(
+            f"the JSON part is {n} bytes; a request of at most {spec.max_images} images needs at most "
+            f"{spec.max_json_bytes}: send fewer images, less whitespace, or binary tensors ({HEADER_LENGTH})",
+            413,
+        )
+
+
+def decode_body(body: bytes, header_length: str | None, spec: InputSpec) -> InferRequest:
+    """The whole request path from raw HTTP body to `InferRequest`: split off binary tensors
+    (`header_length` is the `Inference-Header-Content-Length` header or None), bound and parse
+    the JSON, validate. CPU-bound: the server runs it off its event loop."""
+    head, binary = split_body(body, header_length)
+    check_json_size(len(head), spec)
+    try:
+        doc = json.loads(head)
+        return decode_request(doc, spec, binary)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"the request body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ProtocolError("the request body is nested too deeply; an image tensor needs 5 levels at most") from None
 
 
 def encode_tensor(name: str, array: np.ndarray, blobs: list[bytes] | None = None) -> dict[str, Any]:
