@@ -13,15 +13,11 @@ import pytest
 import torch
 
 from lsmha.artifacts import COMMITTEE, FileEntry, read_manifest
+from lsmha.artifacts.compiled import package_target
 from lsmha.engine import BackendUnavailable, Committee
-from lsmha.export.aoti import (
-    PackageMismatch,
-    check_package,
-    export_aoti_dir,
-    package_name,
-    target_facts,
-    write_weights,
-)
+from lsmha.engine.backends.aoti_runtime import PackageMismatch, check_package
+from lsmha.export.aoti import export_aoti_dir, package_name
+from lsmha.export.directory import write_weights
 from lsmha.models import CCT, CCTSpec
 
 TINY = CCTSpec(n_conv=1, n_blocks=1, dim=16, heads=2, num_classes=10, img_size=16, attn_dropout=0.0, drop_path=0.0)
@@ -43,11 +39,12 @@ def reference(members, images):
         return torch.stack([m(torch.from_numpy(images)) for m in members]).numpy()
 
 
+@pytest.mark.slow
 def test_package_entry_records_what_it_is_tied_to(committee_dir):
     directory, _, entry = committee_dir
     assert entry.path == "committee.cpu.pt2" and entry.format == "pt2" and entry.scope == COMMITTEE
     assert entry.versions["torch"] == torch.__version__
-    assert entry.extra["device"] == "cpu" and entry.extra["cpu_isa"] == target_facts("cpu")["cpu_isa"]
+    assert entry.extra["device"] == "cpu" and entry.extra["cpu_isa"] == package_target("cpu")["cpu_isa"]
     assert entry.extra["max_batch"] == 64 and entry.extra["compile_s"] > 0
     assert entry.extra["threads"] == torch.get_num_threads()  # baked into the CPU kernels
     assert [t.name for t in entry.outputs] == ["logits", "member_logits"]
@@ -55,6 +52,7 @@ def test_package_entry_records_what_it_is_tied_to(committee_dir):
     assert [e.format for e in manifest.files] == ["safetensors"] * 3 + ["pt2"]
 
 
+@pytest.mark.slow
 def test_fresh_process_reload_matches_torch_for_batches_1_and_5(committee_dir, tmp_path):
     directory, members, _ = committee_dir
     rng = np.random.default_rng(1)
@@ -83,6 +81,7 @@ def test_fresh_process_reload_matches_torch_for_batches_1_and_5(committee_dir, t
         np.testing.assert_allclose(np.load(tmp_path / f"s{b}.npy"), ref.sum(0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_auto_prefers_the_package_and_chunks_to_its_max_batch(committee_dir):
     directory, members, _ = committee_dir
     committee = Committee.load(directory)  # no ONNX file here: on a CPU, auto takes the package next
@@ -91,26 +90,29 @@ def test_auto_prefers_the_package_and_chunks_to_its_max_batch(committee_dir):
     np.testing.assert_allclose(committee.predict_logits(x), reference(members, x.numpy()).sum(0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_auto_on_a_cpu_prefers_onnxruntime_over_the_package(committee_dir, tmp_path):
     from lsmha.artifacts import add_entries
-    from lsmha.export.onnx import export_committee_onnx
+    from lsmha.export.onnx import export_scope_onnx
 
     directory, members, _ = committee_dir
     for f in directory.iterdir():
         shutil.copy(f, tmp_path / f.name)
-    add_entries(tmp_path, [export_committee_onnx(members, tmp_path)])
+    add_entries(tmp_path, [export_scope_onnx(members, tmp_path)])
     assert Committee.load(tmp_path, device="cpu").backend == "onnxruntime[CPUExecutionProvider]"
     assert Committee.load(tmp_path, backend="aoti").backend == "aoti[cpu]"  # still there when asked for
 
 
+@pytest.mark.slow
 def test_verify_covers_the_package(committee_dir):
-    from lsmha.export.verify import verify_export
+    from lsmha.verify import verify_export
 
     directory, _, _ = committee_dir
-    rows = [r for r in verify_export(directory, count=8, seed=0) if r.format == "pt2"]
-    assert rows and all(r.ok and r.rel_error <= 1e-4 and r.top1_agreement == 1.0 for r in rows), rows
+    rows = [r for r in verify_export(directory, count=8, seed=0) if r.runtime == "aoti"]
+    assert rows and all(r.result == "ok" and r.rel_error <= 1e-4 and r.top1_agreement == 1.0 for r in rows), rows
 
 
+@pytest.mark.slow
 def test_package_from_another_torch_is_refused_with_the_rebuild_command(committee_dir, tmp_path):
     directory, _, _ = committee_dir
     for f in directory.iterdir():
@@ -157,7 +159,10 @@ def test_names_and_usage_errors(tmp_path, capsys):
     assert "--from" in capsys.readouterr().err
     write_weights([CCT(TINY).eval()], tmp_path)
     assert main(["aoti", str(tmp_path), "--from", "cct_1_3x1"]) == 2
-    assert "already holds manifest.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--force" in err and "drop --from" in err
+    assert main(["aoti", str(tmp_path), "--force"]) == 2
+    assert "needs --from" in capsys.readouterr().err
     assert main(["aoti", str(tmp_path), "--max-batch", "0"]) == 2
     with pytest.raises(SystemExit):
         main(["aoti", "--help"])
@@ -187,10 +192,11 @@ def test_cuda_package_matches_torch(tmp_path):
     np.testing.assert_allclose(committee.member_logits(x), reference(members, x), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_export_program_accepts_max_batch_1():
     """torch.export refuses a Dim with min == max; a batch-1 package must still export."""
     from lsmha.export.aoti import export_program
-    from lsmha.export.onnx import CommitteeGraph
+    from lsmha.export.graphs import CommitteeGraph
 
     program = export_program(CommitteeGraph([CCT(TINY).eval()], torch.float32), TINY, "cpu", max_batch=1)
     logits = program.module()(torch.rand(1, 3, 16, 16) * 255)[0]

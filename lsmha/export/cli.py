@@ -1,78 +1,46 @@
-"""`lsmha-export`: export committees and check the exports' parity.
+"""`lsmha-export`: export committees, check the exports' parity, write a Triton repository.
 
-Each subcommand lives in its own module, which defines
-`register(subparsers) -> None` (adding its parser with `set_defaults(func=...)`,
-the func returning the exit code). Adding one is one line in `SUBCOMMANDS`.
+Each subcommand's module defines `register(subparsers) -> None`, adding its parser with
+`set_defaults(func=...)`; the func returns the exit code or raises `CliError`. Adding a
+subcommand is one entry in `SUBCOMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
-import math
-import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from ..cli_help import HelpFormatter
+from ..cli_help import HelpFormatter, add_exit_codes, run_command
+from ..serving.triton import add_triton_parser
+from ..verify_cli import register as add_verify_parser
+from . import aoti_cli, onnx_cli, tensorrt_cli
 
-SUBCOMMANDS: list[str] = [
-    "lsmha.export.onnx_cli",
-    "lsmha.export.verify",
-    "lsmha.export.aoti",
-    "lsmha.export.tensorrt",
-    "lsmha.serving.triton",
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    onnx_cli.register,
+    add_verify_parser,
+    aoti_cli.register,
+    tensorrt_cli.register,
+    add_triton_parser,
 ]
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Right-aligned plain-text columns with a rule under the header."""
-
-    def fmt(v: object) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3g}"
-        return str(v)
-
-    cells = [[str(h) for h in headers]] + [[fmt(v) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def write_json(path: str | os.PathLike | None, doc: Any) -> None:
-    """Write `doc` as JSON to `path` (nothing when path is None)."""
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsmha-export",
-        description="Export CCT committees (ONNX with fused attention, ...) and verify their parity with torch.",
+        description="Export CCT committees (ONNX with fused attention, AOTInductor, TensorRT) and verify "
+        "their parity with torch.",
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in SUBCOMMANDS:
-        importlib.import_module(module).register(sub)
-    return parser
+    for register in SUBCOMMANDS:
+        register(sub)
+    return add_exit_codes(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 1
+    return run_command("lsmha-export", args.func, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import aoti_backend, cuda_graph_backend, onnxruntime_backend, tensorrt_backend, torch_backend
+from . import (
+    aoti_backend,
+    cuda_graph_backend,
+    onnxruntime_backend,
+    openvino_backend,
+    tensorrt_backend,
+    torch_backend,
+)
 from .base import Backend, BackendUnavailable, FileBackend, Source, pick_files
 
 log = logging.getLogger("lsmha.engine")
@@ -43,7 +50,7 @@ class BackendKind:
 
 BACKENDS: dict[str, BackendKind] = {
     m.NAME: BackendKind(m.open, m.unavailable)
-    for m in (torch_backend, onnxruntime_backend, aoti_backend, tensorrt_backend, cuda_graph_backend)
+    for m in (torch_backend, onnxruntime_backend, openvino_backend, aoti_backend, tensorrt_backend, cuda_graph_backend)
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
 # On a CPU, ONNX Runtime ran the Table 6 committee faster than the AOTInductor package in all
