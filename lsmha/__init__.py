@@ -4,8 +4,7 @@ multi-head attention (Gross, Halevi, Koresh, Tzach, Kanter)."""
 from typing import Any
 
 from .models import CCT, CCTSpec, count_macs, count_params, create_model, layer_latency, list_models, load, save
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 __all__ = [
     "CCT",

@@ -35,7 +35,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from ..version import __version__
 from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -291,7 +291,8 @@ def create_app(service: CommitteeService) -> FastAPI:
                 metrics.error("not_ready")
                 return not_ready()
             header_length = request.headers.get(HEADER_LENGTH)
-            if header_length is None and _is_count(declared := request.headers.get("content-length")):
+            declared = request.headers.get("content-length")
+            if header_length is None and _is_count(declared) and int(declared) <= config.max_body_bytes:
                 check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
             body = await _read_body(request, config.max_body_bytes, config.body_timeout_s)
             req = await service.decode(body, header_length)
