@@ -1,82 +1,24 @@
-"""The GPU comparison harness (lsmha.bench.gpu): its bookkeeping on CPU, its runners on a GPU."""
+"""The GPU comparison harness (lsmha.bench.gpu, gpu_plan, gpu_report): its plan and
+bookkeeping on CPU, its runners on a GPU."""
 
 import datetime
-import importlib.util
+import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lsmha.bench import gpu
-from lsmha.bench.backends import BACKENDS, make_runner
+from lsmha.bench import gpu, gpu_plan, gpu_report
+from lsmha.bench.backends import CUDA_ONLY, RUNNERS, describe, make_runner
 from lsmha.bench.cli import main as bench_main
-from lsmha.models import CCT, CCTSpec
+from lsmha.bench.gpu_plan import BASELINE, ENGINE, STOCK, STOCK_COMMITTEE, Job, Planner, RunnerKey
+from lsmha.bench.timing import time_call
+from lsmha.models import CCT, CCTSpec, committee_specs, parse_committee
 
 CUDA = torch.cuda.is_available()
-
-
-def _row(model, backend, batch, ms):
-    return gpu.GpuRow(model, 1, 0, 1.0, 1, backend, batch, ms, ms, batch / ms, 1.0)
-
-
-def _rows():
-    rows = [
-        _row("cct_7_3x1", "torch-compile-graph", 1, 0.27),
-        _row("cct_7_3x1", "cuda-graph", 1, 0.15),
-        _row("cct_7_3x1", "cuda-graph", 256, 3.0),
-        _row("committee-5", "torch-compile-graph", 1, 0.37),
-        _row("committee-5", "cuda-graph", 1, 0.12),
-        _row("committee-5", "cuda-graph", 256, 20.0),
-        _row("committee-5", "torch-bf16", 256, 32.0),
-    ]
-    base = {(r.backend, r.batch): r.median_ms for r in rows if r.model == "cct_7_3x1"}
-    for r in rows:
-        r.ratio_vs_baseline = r.median_ms / base[(r.backend, r.batch)] if (r.backend, r.batch) in base else None
-    return rows
-
-
-def test_bf16_peaks_by_device_name():
-    assert gpu.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert gpu.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert gpu.bf16_peak_tflops("NVIDIA H200") == 989.0
-    assert gpu.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
-    assert gpu.bf16_peak_tflops("NVIDIA L40S") == 362.0
-    assert gpu.bf16_peak_tflops("NVIDIA L4") == 121.0
-    assert gpu.bf16_peak_tflops("Tesla T4") is None
-
-
-def test_targets_crossover_and_summary():
-    rows = _rows()
-    t = {x["goal"] + x["target"][:12]: x for x in gpu.targets(rows)}
-    values = [(round(x["value"], 4), x["met"]) for x in t.values()]
-    assert values == [(round(0.12 / 0.27, 4), True), (round(0.27 / 0.15, 4), True), (1.6, True)]
-    assert gpu.crossover(rows) == {"committee-5": {"torch-compile-graph": None, "cuda-graph": 1}}
-    missing = gpu.targets(rows[:2])
-    assert [x["met"] for x in missing] == [None, True, None]
-    from dataclasses import asdict
-
-    result = {"rows": [asdict(r) for r in rows], "crossover": gpu.crossover(rows)}
-    table = gpu.summary_table(result)
-    assert table.splitlines()[0].split()[:3] == ["backend", "CCT-7", "b1"]
-    assert "cuda-graph" in table and "0.8" in table
-
-
-def test_results_path_names_card_torch_and_date():
-    path = gpu.results_path(Path("benchmarks/results"), "NVIDIA H100 80GB HBM3")
-    today = datetime.date.today().isoformat()
-    assert path.parent == Path("benchmarks/results")
-    assert path.name.startswith("nvidia-h100-80gb-hbm3_torch-") and path.name.endswith(f"_{today}.json")
-
-
-def test_runner_entries_registered_and_cuda_only_refused_on_cpu():
-    for name in ("torch-compile-graph", "torch-compile-streams", "cuda-graph"):
-        assert BACKENDS[name].cuda_only
-        with pytest.raises(ValueError, match="needs --device cuda"):
-            make_runner(name, [], torch.device("cpu"), 1)
-    assert not BACKENDS["torch-stacked"].cuda_only
-
-
 TINY = {
     "cct_7_3x1": "cct_7_3x1:dim=32:heads=4:n_blocks=2:img_size=16",
     "committee-5": "cct_2_3x2:dim=32:heads=4:img_size=16,cct_2_3x2:dim=32:heads=2:img_size=16",
@@ -84,45 +26,195 @@ TINY = {
 }
 
 
-@pytest.mark.skipif(CUDA, reason="checks the harness on CPU, where the engine's lever jobs must fail")
-def test_run_comparison_on_cpu_rows_ratios_errors_and_partials(tmp_path):
-    partials = []
-    result = gpu.run_comparison(
-        ["torch", "torch-stacked"], [1, 2], torch.device("cpu"), deadline_s=600, warmup=1, budget_s=0.0,
-        progress=False, on_job=partials.append, groups=TINY,
-    )  # fmt: skip
-    rows = result["rows"]
-    assert [(r["model"], r["backend"], r["batch"]) for r in rows[:4]] == [
-        ("cct_7_3x1", "torch", 1), ("cct_7_3x1", "torch", 2), ("cct_7_3x1", "torch-stacked", 1),
-        ("cct_7_3x1", "torch-stacked", 2),
+def _specs(group):
+    return committee_specs(parse_committee(gpu_plan.GROUPS[group]), num_classes=100)
+
+
+def _row(model, backend, batch, ms, gpu_ms=None):
+    return gpu_report.GpuRow(model, 1, 0, 1.0, 1, backend, batch, ms, ms, batch / ms, 1.0, gpu_ms=gpu_ms)
+
+
+def test_bf16_peaks_by_device_name():
+    peak = gpu_report.bf16_peak_tflops
+    assert peak("NVIDIA H100 80GB HBM3") == 989.0 and peak("NVIDIA H100 PCIe") == 756.0
+    assert peak("NVIDIA H200") == 989.0 and peak("NVIDIA A100-SXM4-80GB") == 312.0
+    assert peak("NVIDIA L40S") == 362.0 and peak("NVIDIA L4") == 121.0 and peak("Tesla T4") is None
+
+
+def test_ratios_crossover_and_summary():
+    rows = [
+        _row(BASELINE, STOCK, 1, 0.27, 0.20), _row(BASELINE, ENGINE, 1, 0.15, 0.10),
+        _row("committee-5", STOCK_COMMITTEE, 1, 0.37), _row("committee-5", ENGINE, 1, 0.12, 0.08),
+        _row("committee-5", STOCK_COMMITTEE, 256, 32.0), _row("committee-5", ENGINE, 256, 20.0),
+        _row(BASELINE, STOCK, 256, 3.1), _row(BASELINE, ENGINE, 256, 3.0),
     ]  # fmt: skip
-    assert len(rows) == 12 and all(r["pct_peak"] is None and r["tflops"] > 0 for r in rows)
-    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows if r["model"] == "cct_7_3x1")
-    # the engine's lever jobs need CUDA: each fails alone, is reported, and the rest still ran
-    assert len(result["errors"]) == 2 * len(gpu.LEVERS) and result["ablation"] == []
-    assert all("BackendUnavailable" in e and "needs a CUDA GPU" in e for e in result["errors"])
-    assert rows[-1]["model"] == "committee-10"  # the ten-member group runs after the ablation
-    assert len(partials) == 2 * 2 + 2 * len(gpu.LEVERS) + 2 and len(partials[0]["rows"]) == 2
-    assert [t["met"] for t in result["targets"]] == [None, None, None]
-    if importlib.util.find_spec("matplotlib"):  # what gpu_check.sh plots after the bench
-        from lsmha.bench.plot import plot_latency
+    got = {r["ratio"]: r for r in gpu_report.ratios(rows)}
+    assert got["committee-5 engine / CCT-7/3x1 stock, batch 1"]["value"] == pytest.approx(0.12 / 0.27)
+    assert got["committee-5 engine / CCT-7/3x1 stock, batch 1"]["gpu_time_value"] == pytest.approx(0.08 / 0.20)
+    assert got["committee-5 stock / CCT-7/3x1 stock, batch 1"]["gpu_time_value"] is None  # stock row lacks it
+    assert got["CCT-7/3x1 stock / engine, batch 1"]["value"] == pytest.approx(1.8)
+    assert got["committee-5 stock / engine, largest batch"]["value"] == pytest.approx(1.6)
+    assert [r["value"] for r in gpu_report.ratios(rows[:2])][2:4] == [pytest.approx(1.8), None]
+    # the committee's stock runner is compared with CCT-7/3x1's stock runner; the engine with the engine
+    assert gpu_report.crossover(rows) == {"committee-5": {STOCK_COMMITTEE: None, ENGINE: 1}}
+    table = gpu_report.summary_table({"ratios": gpu_report.ratios(rows)})
+    assert table.splitlines()[0].split()[:3] == ["ratio", "latency", "GPU"] and "0.444" in table
 
-        assert plot_latency(result, tmp_path / "gpu.png").stat().st_size > 20_000
+
+def test_results_path_names_card_torch_and_date():
+    path = gpu_report.results_path(Path("benchmarks/results"), "NVIDIA H100 80GB HBM3")
+    today = datetime.date.today().isoformat()
+    assert path.parent == Path("benchmarks/results")
+    assert path.name.startswith("nvidia-h100-80gb-hbm3_torch-") and path.name.endswith(f"_{today}.json")
 
 
-def test_run_comparison_stops_at_the_deadline():
-    result = gpu.run_comparison(
-        ["torch"], [1], torch.device("cpu"), deadline_s=0.0, warmup=1, budget_s=0.0, ablation=False,
-        progress=False, groups=TINY,
-    )  # fmt: skip
-    assert result["rows"] == [] and len(result["skipped"]) == 3
-    assert all("past the 0 s deadline" in s for s in result["skipped"])
+def test_runner_table_is_a_plain_dict_of_factories_and_cuda_only_refused_on_cpu():
+    assert all(callable(f) for f in RUNNERS.values()) and set(RUNNERS) >= CUDA_ONLY
+    for name in ("torch-compile-graph", "torch-compile-streams", "cuda-graph", "torch-cuda-graph"):
+        with pytest.raises(ValueError, match="needs --device cuda"):
+            make_runner(name, [], torch.device("cpu"), 1)
+    assert "torch-stacked" not in CUDA_ONLY and "bf16 weights" in describe("torch-compile-graph")
+    with pytest.raises(ValueError, match="unknown runner 'nope'"):
+        make_runner("nope", [], torch.device("cpu"), 1)
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+def test_default_plan_runs_the_ratios_first_and_fits_420_s():
+    jobs = gpu_plan.default_jobs()
+    first = jobs[0]
+    assert first.name == "ratios" and first.required and first.rounds == 3
+    assert {(k.group, k.runner, b) for k, b in first.rows} == {
+        (BASELINE, STOCK, 1), (BASELINE, ENGINE, 1), ("committee-5", STOCK_COMMITTEE, 1),
+        ("committee-5", ENGINE, 1), ("committee-5", STOCK_COMMITTEE, 256), ("committee-5", ENGINE, 256),
+    }  # fmt: skip
+    assert not any(job.required for job in jobs[1:])
+    rows = [(k, b) for job in jobs for k, b in job.rows]
+    assert len(rows) == len(set(rows))  # each row once
+    levers = [job.name.startswith("lever") for job in jobs]
+    assert all(levers[levers.index(True) :]) and levers.count(True) == len(gpu_plan.LEVERS)  # levers last
+    planned = gpu_plan.plan(jobs, _specs, budget_s=0.3)
+    assert gpu_plan.planned_total_s(planned) <= 420
+    assert all(seconds > 0 for _, seconds in planned)
+    assert not any(job.rows[0][0].group == "committee-10" for job in jobs)
+    assert any(job.rows[0][0].group == "committee-10" for job in gpu_plan.default_jobs(table7=True))
+
+
+def test_planner_counts_compiles_shapes_and_cached_graphs():
+    planner = Planner(_specs, budget_s=0.0)
+    stock = RunnerKey(BASELINE, STOCK)
+    one = planner.commit(Job("b1", ((stock, 1),)))
+    second_shape = planner.commit(Job("b8", ((stock, 8),)))  # the dynamic recompile
+    third_shape = planner.commit(Job("b64", ((stock, 64),)))  # reuses the dynamic graph
+    row = gpu_plan.WARMUP_S + gpu_plan.ROW_OVERHEAD_S
+    blocks = _specs(BASELINE)[0].n_blocks
+    assert one == pytest.approx(gpu_plan.BUILD_S + gpu_plan.COMPILE_S + gpu_plan.COMPILE_BLOCK_S * blocks + row)
+    assert second_shape == pytest.approx(one - gpu_plan.BUILD_S) and third_shape == pytest.approx(row)
+    assert planner.estimate(Job("eager", ((RunnerKey(BASELINE, "torch-bf16"), 1),))) == pytest.approx(
+        gpu_plan.BUILD_S + row
+    )
+    # a lever whose graphs the default engine already compiled costs the cache only
+    planner.commit(Job("engine", ((RunnerKey("committee-5", ENGINE), 1),)))
+    cached = planner.estimate(Job("one stream", ((RunnerKey("committee-5", ENGINE, "one stream"), 1),)))
+    fresh = planner.estimate(Job("sdpa=one", ((RunnerKey("committee-5", ENGINE, "sdpa=one"), 1),)))
+    assert cached == pytest.approx(gpu_plan.BUILD_S + 4 * gpu_plan.CACHED_S + row) and fresh > cached
+    assert planner.estimate(Job("off", ((RunnerKey("committee-5", ENGINE, "compile=off"), 1),))) == pytest.approx(
+        gpu_plan.BUILD_S + row
+    )
+
+
+def test_plan_cli_prints_jobs_estimates_and_total_on_any_machine(capsys):
+    assert bench_main(["gpu", "--plan"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[2].split()[:2] == ["ratios", "*"]
+    total = float(lines[-1].split()[1])
+    assert lines[-1].startswith("total: ") and total <= 420
+    assert "lever stack=pad" in out and "dropped" not in out
+    assert gpu.main(["--plan", "--deadline", "100"]) == 0
+    assert "dropped" in capsys.readouterr().out
+
+
+# -- the run, on CPU runners --------------------------------------------------------------------
+
+
+def _cpu_jobs():
+    torch_base, stacked = RunnerKey(BASELINE, "torch"), RunnerKey("committee-5", "torch-stacked")
+    torch_c5 = RunnerKey("committee-5", "torch")
+    return [
+        Job("ratios", ((torch_base, 1), (torch_c5, 1), (torch_base, 2), (torch_c5, 2)), required=True, rounds=2),
+        Job("stacked", ((stacked, 1), (stacked, 2))),
+    ]
+
+
+def test_run_comparison_on_cpu_rows_ratios_jobs_and_partials():
+    partials = []
+    result = gpu.run_comparison(_cpu_jobs(), torch.device("cpu"), deadline_s=600, budget_s=0.01,
+                                on_progress=partials.append, groups=TINY, log=lambda line: None)  # fmt: skip
+    rows = result["rows"]
+    assert [(r["model"], r["backend"], r["batch"]) for r in rows] == [
+        (BASELINE, "torch", 1), ("committee-5", "torch", 1), (BASELINE, "torch", 2), ("committee-5", "torch", 2),
+        ("committee-5", "torch-stacked", 1), ("committee-5", "torch-stacked", 2),
+    ]  # fmt: skip
+    assert all(r["calls"] >= 5 and r["gpu_ms"] > 0 and r["pct_peak"] is None for r in rows)
+    assert all(r["ratio_vs_baseline"] == 1.0 for r in rows if r["model"] == BASELINE)
+    assert result["complete"] and result["errors"] == [] and result["dropped"] == []
+    assert [j["job"] for j in result["jobs"]] == ["ratios", "stacked"]
+    assert all(j["estimated_s"] > 0 and j["measured_s"] > 0 for j in result["jobs"])
+    assert len(partials) == len(rows) and len(partials[0]["rows"]) == 1  # rewritten after every row
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_run_comparison_drops_what_would_not_finish_and_records_failures():
+    jobs = _cpu_jobs()
+    lever = Job("lever one stream", ((RunnerKey("committee-5", ENGINE, "one stream"), 1),))
+    result = gpu.run_comparison([*jobs, lever], torch.device("cpu"), deadline_s=600, budget_s=0.0, groups=TINY,
+                                log=lambda line: None)  # fmt: skip
+    assert result["complete"] and result["ablation"] == []
+    assert result["errors"] == ["lever one stream: ValueError: runner 'cuda-graph' needs --device cuda, got cpu"]
+    result = gpu.run_comparison(jobs, torch.device("cpu"), deadline_s=0.0, budget_s=0.0, groups=TINY,
+                                log=lambda line: None)  # fmt: skip
+    assert result["rows"] == [] and not result["complete"]
+    assert [d.split(":")[0] for d in result["dropped"]] == ["ratios", "stacked"]
+    assert all("s left" in d for d in result["dropped"])
+
+
+def test_sigterm_drops_the_running_job_and_the_rest_and_keeps_rows(monkeypatch):
+    """The gpu_check.sh hard limit (timeout's SIGTERM) must still leave a result to print."""
+
+    def killed(models, device, max_batch):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
+        for _ in range(10_000_000):
+            pass
+        raise AssertionError("SIGTERM did not stop the job")
+
+    monkeypatch.setitem(RUNNERS, "sigterm", killed)
+    jobs = [_cpu_jobs()[0], Job("killed", ((RunnerKey(BASELINE, "sigterm"), 1),)), _cpu_jobs()[1]]
+    before = signal.getsignal(signal.SIGTERM)
+    with gpu.sigterm_stops():
+        result = gpu.run_comparison(jobs, torch.device("cpu"), deadline_s=600, budget_s=0.0, groups=TINY,
+                                    log=lambda line: None)  # fmt: skip
+    assert signal.getsignal(signal.SIGTERM) == before  # restored on leaving
+    assert len(result["rows"]) == 4 and result["complete"] and result["stopped_by_sigterm"]
+    assert result["errors"] == []
+    killed_line = "killed: stopped by SIGTERM (the hard time limit) while it ran"
+    assert result["dropped"] == [killed_line, "stacked: after SIGTERM"]
 
 
 @pytest.mark.skipif(CUDA, reason="checks the no-GPU exit")
 def test_gpu_bench_without_cuda_exits_3(capsys):
-    assert gpu.main(["--no-progress"]) == 3
-    assert "no CUDA device" in capsys.readouterr().out
+    assert gpu.main([]) == 3
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_time_call_warms_up_by_time_and_times_back_to_back():
+    calls = []
+    timing = time_call(lambda: calls.append(1), "cpu", warmup=1, min_repeats=5, budget_s=0.0, warmup_s=0.05,
+                       back_to_back=True)  # fmt: skip
+    assert len(timing.samples_ms) == 5 and timing.back_to_back_ms is not None and timing.back_to_back_ms >= 0
+    assert len(calls) > 1 + 5 + 5 + 100  # 50 ms of warm-up calls of a no-op: far more than 100
+    assert time_call(lambda: None, "cpu", budget_s=0.0).back_to_back_ms is None
 
 
 def test_latency_cli_times_torch_stacked_on_cpu(tmp_path):
@@ -131,8 +223,6 @@ def test_latency_cli_times_torch_stacked_on_cpu(tmp_path):
     args += ["--budget", "0.01", "--no-progress", "--json", str(out), "--baseline", "cct_1_3x1:dim=32:heads=4"]
     args += ["--committee", "cct_1_3x1:dim=32:heads=4,cct_1_3x1:dim=32:heads=2,cct_1_3x1:dim=16:heads=2"]
     assert bench_main(args) == 0
-    import json
-
     rows = json.loads(out.read_text())["rows"]
     stacked = [r for r in rows if r["backend"] == "torch-stacked" and r["members"] == 3]
     assert len(stacked) == 1 and "2 unit(s) for 3 member(s)" in stacked[0]["note"]
@@ -150,7 +240,9 @@ def test_torch_stacked_runner_matches_eager_sum():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device; torch sees none")
-@pytest.mark.parametrize("name", ["torch-compile-graph", "torch-compile-streams", "cuda-graph"])
+@pytest.mark.parametrize(
+    "name", ["torch-bf16", "torch-cuda-graph", "torch-compile-graph", "torch-compile-streams", "cuda-graph"]
+)
 def test_cuda_runners_match_eager_fp32(name):
     spec = CCTSpec(n_conv=2, n_blocks=1, dim=32, heads=4, num_classes=10, img_size=16)
     torch.manual_seed(0)
@@ -163,54 +255,8 @@ def test_cuda_runners_match_eager_fp32(name):
     runner = make_runner(name, models, torch.device("cuda"), 8)
     x = runner.prepare(images)
     got = runner.run(x).float().cpu()
-    got_again = runner.run(x).float().cpu()  # the replayed graph gives the same answer
+    got_again = runner.run(x).float().cpu()  # a replayed graph gives the same answer
     rel = float((got - want).norm() / want.norm())
     assert rel <= 2e-2, f"{name}: relative error {rel:.3g}"
     torch.testing.assert_close(got, got_again)
-
-
-def test_job_plan_runs_what_the_targets_need_first():
-    plan = gpu.job_plan(gpu.DEFAULT_BACKENDS)
-    first = [(group, name) for _, group, name, _ in plan[:4]]
-    assert first == [
-        ("cct_7_3x1", "torch-compile-graph"), ("cct_7_3x1", "cuda-graph"),
-        ("committee-5", "cuda-graph"), ("committee-5", "torch-bf16"),
-    ]  # fmt: skip
-    # every target's (model, backend) comes before any job the targets do not need
-    needed = {("cct_7_3x1", "torch-compile-graph"), ("cct_7_3x1", "cuda-graph"), ("committee-5", "cuda-graph"),
-              ("committee-5", "torch-bf16")}  # fmt: skip
-    assert {(g, b) for _, g, b, _ in plan[: len(needed)]} == needed
-    main = [(g, b) for kind, g, b, _ in plan if kind == "main"]
-    assert len(main) == len(set(main)) == 3 * len(gpu.DEFAULT_BACKENDS)  # each job once
-    kinds = [kind for kind, *_ in plan]
-    last_table6 = max(i for i, (kind, group, _, _) in enumerate(plan) if (kind, group) == ("main", "committee-5"))
-    assert kinds.index("ablation") > last_table6
-    assert all(job[1] == "committee-10" for job in plan[len(plan) - len(gpu.DEFAULT_BACKENDS) :])
-    assert [job[2] for job in gpu.job_plan(["torch"], ablation=False)] == ["torch"] * 3
-
-
-def test_sigterm_fails_the_running_job_skips_the_rest_and_keeps_rows(monkeypatch):
-    """The gpu_check.sh hard limit (timeout's SIGTERM) must still leave a result to print."""
-    import os
-    import signal
-
-    from lsmha.bench.backends import BackendEntry
-
-    def killed(models, device, max_batch):
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at the next bytecode
-        for _ in range(10_000_000):
-            pass
-        raise AssertionError("SIGTERM did not stop the job")
-
-    monkeypatch.setitem(BACKENDS, "sigterm", BackendEntry(killed, "sends itself SIGTERM"))
-    before = signal.getsignal(signal.SIGTERM)
-    with gpu.sigterm_stops():
-        result = gpu.run_comparison(
-            ["torch", "sigterm"], [1], torch.device("cpu"), deadline_s=600, warmup=1, budget_s=0.0,
-            ablation=False, progress=False, groups=TINY,
-        )  # fmt: skip
-    assert signal.getsignal(signal.SIGTERM) == before  # restored on leaving
-    assert [(r["model"], r["backend"]) for r in result["rows"]] == [("cct_7_3x1", "torch")]
-    assert result["stopped_by_sigterm"]
-    assert result["errors"] == ["main cct_7_3x1 sigterm: HardLimit: stopped by SIGTERM (the hard time limit)"]
-    assert len(result["skipped"]) == 4 and all("after SIGTERM" in s for s in result["skipped"])
+    assert all(p.dtype == torch.float32 for m in models for p in m.parameters())  # callers' members untouched

@@ -1,117 +1,50 @@
-"""Runners that `lsmha-bench latency --backend` can time.
+"""The runners `lsmha-bench latency --backend` and `lsmha-bench gpu` can time: `RUNNERS`.
 
-A runner factory takes the committee's members (CCT modules, fp32, eval mode),
-the device and the largest batch it will see, and returns a `Runner`: `prepare`
-turns uint8 NCHW images into whatever the runner consumes (done once, outside the
-timed region) and `run` computes the summed logits. Each entry states what it is,
-so the table says what was measured.
+`RUNNERS` maps a name to a runner factory (see `lsmha.bench.runner`): members, device and
+largest batch in, a `Runner` out. A factory's docstring says what it times (its first line
+is the table's description); CUDA-only runners are listed in `CUDA_ONLY` and refuse another
+device. Names are the bench's own: "cuda-graph" here is the whole engine as `lsmha-bench gpu`
+times it, not an engine backend entry.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..models import CCT
+from . import gpu_runners
+from .runner import Runner, RunnerFactory, sum_logits, to_device
 
-
-@dataclass
-class Runner:
-    prepare: Callable[[np.ndarray], Any]
-    run: Callable[[Any], Any]
-    note: str = ""
-
-
-RunnerFactory = Callable[[list[CCT], torch.device, int], Runner]
-
-
-@dataclass(frozen=True)
-class BackendEntry:
-    factory: RunnerFactory
-    description: str
-    cuda_only: bool = False
-
-
-def _sum_logits(models: list[CCT], x: torch.Tensor) -> torch.Tensor:
-    out = models[0](x)
-    for m in models[1:]:
-        out = out + m(x)
-    return out
-
-
-def _to_device(device: torch.device) -> Callable[[np.ndarray], torch.Tensor]:
-    return lambda images: torch.from_numpy(images).to(device)
+__all__ = ["CUDA_ONLY", "RUNNERS", "Runner", "RunnerFactory", "default_backends", "describe", "make_runner"]
 
 
 def torch_eager(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+    """stock PyTorch eager fp32, members one after another"""
     models = [m.to(device).eval() for m in models]
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
-        return _sum_logits(models, x)
+        return sum_logits(models, x)
 
-    return Runner(_to_device(device), run, "stock eager fp32, members one after another")
-
-
-def torch_bf16(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-    models = [m.to(device).eval() for m in models]
-
-    @torch.inference_mode()
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            return _sum_logits(models, x)
-
-    return Runner(_to_device(device), run, "stock eager, bf16 autocast")
+    return Runner(to_device(device), run, "stock eager fp32, members one after another")
 
 
-def torch_cuda_graph(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-    """bf16 autocast captured in one CUDA graph per input shape (stock tools, one stream)."""
-    models = [m.to(device).eval() for m in models]
-    graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return _sum_logits(models, x)
-
-    @torch.inference_mode()
-    def run(x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape)
-        if key not in graphs:
-            static_in = x.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    forward(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = forward(static_in)
-            graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-
-    return Runner(_to_device(device), run, "stock bf16 autocast in one CUDA graph, one stream")
-
-
-def _gpu_runner(name: str) -> RunnerFactory:
-    """A factory defined in `lsmha.bench.gpu`, imported on first use (it pulls in the CUDA engine)."""
+def _cpu_runner(name: str, description: str) -> RunnerFactory:
+    """A factory defined in `lsmha.bench.cpu_runners` (OpenVINO, engine auto), imported on first use."""
 
     def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-        from . import gpu
+        if device.type != "cpu":
+            raise ValueError(f"runner {name!r} times the CPU; run with --device cpu")
+        from . import cpu_runners
 
-        return getattr(gpu, name)(models, device, max_batch)
+        return getattr(cpu_runners, name)(models, device, max_batch)
 
+    factory.__doc__ = description
     return factory
 
 
-def _onnxruntime_runner(precision: str) -> RunnerFactory:
+def _onnxruntime_runner(precision: str, description: str) -> RunnerFactory:
     """The lsmha engine on ONNX Runtime: the members exported as ONE opset-23 graph (fused
     Attention), run by `Committee` (input checks included) with its tuned session."""
 
@@ -131,16 +64,20 @@ def _onnxruntime_runner(precision: str) -> RunnerFactory:
 
         return Runner(lambda images: images, run, f"lsmha engine, {committee.backend}, one committee graph")
 
+    factory.__doc__ = description
     return factory
 
 
 def _aoti_runner(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-    """The lsmha engine on an AOTInductor package: the committee graph (standardisation once,
-    members, sum) compiled ahead of time for `device`, run by `Committee` (input checks included)."""
+    """lsmha engine on an AOTInductor package (CPU or CUDA), fp32 committee graph
+
+    The committee graph (standardisation once, members, sum) compiled ahead of time for
+    `device`, run by `Committee` (input checks included)."""
     import tempfile
 
     from ..engine import Committee
-    from ..export.aoti import MAX_BATCH, export_aoti_dir, write_weights
+    from ..export.aoti import MAX_BATCH, export_aoti_dir
+    from ..export.directory import write_weights
 
     tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-aoti-")  # lives as long as the runner
     write_weights(models, tmp.name)
@@ -154,44 +91,46 @@ def _aoti_runner(models: list[CCT], device: torch.device, max_batch: int) -> Run
     return Runner(lambda images: images, run, note)
 
 
-BACKENDS: dict[str, BackendEntry] = {
-    "torch": BackendEntry(torch_eager, "stock PyTorch eager fp32"),
-    "torch-bf16": BackendEntry(torch_bf16, "stock PyTorch eager with bf16 autocast"),
-    "torch-cuda-graph": BackendEntry(torch_cuda_graph, "stock PyTorch bf16 in a CUDA graph", cuda_only=True),
-    "onnxruntime": BackendEntry(_onnxruntime_runner("fp32"), "lsmha engine on ONNX Runtime, fp32 committee graph"),
-    "onnxruntime-fp16": BackendEntry(_onnxruntime_runner("fp16"), "lsmha engine on ONNX Runtime, fp16 graph (opt-in)"),
-    "onnxruntime-int8": BackendEntry(
-        _onnxruntime_runner("int8"), "lsmha engine on ONNX Runtime, dynamic int8 MatMul/Gemm (opt-in)"
+RUNNERS: dict[str, RunnerFactory] = {
+    "torch": torch_eager,
+    "torch-bf16": gpu_runners.stock_eager_bf16,
+    "torch-cuda-graph": gpu_runners.stock_cuda_graph,
+    "onnxruntime": _onnxruntime_runner("fp32", "lsmha engine on ONNX Runtime, fp32 committee graph"),
+    "onnxruntime-fp16": _onnxruntime_runner("fp16", "lsmha engine on ONNX Runtime, fp16 graph (opt-in)"),
+    "onnxruntime-int8": _onnxruntime_runner("int8", "lsmha engine on ONNX Runtime, dynamic int8 MatMul/Gemm (opt-in)"),
+    "openvino-stock": _cpu_runner(
+        "openvino_stock", "stock OpenVINO: compile_model(committee.onnx, 'CPU') with its defaults"
     ),
-    "aoti": BackendEntry(_aoti_runner, "lsmha engine on an AOTInductor package (CPU or CUDA), fp32 committee graph"),
-    "torch-stacked": BackendEntry(_gpu_runner("torch_stacked"), "equal-shape members stacked into batched GEMMs, fp32"),
-    "torch-compile-graph": BackendEntry(
-        _gpu_runner("torch_compile_graph"), 'stock torch.compile(mode="reduce-overhead"), bf16 autocast', cuda_only=True
+    "openvino": _cpu_runner("openvino_engine", "lsmha engine on OpenVINO, precision auto, latency"),
+    "openvino-fp32": _cpu_runner("openvino_fp32", "lsmha engine on OpenVINO, fp32 forced"),
+    "openvino-throughput": _cpu_runner(
+        "openvino_throughput", "lsmha engine on OpenVINO, precision auto, throughput (streams)"
     ),
-    "torch-compile-streams": BackendEntry(
-        _gpu_runner("torch_compile_streams"),
-        "stock compiled members, bf16 autocast, one CUDA graph, one stream per member",
-        cuda_only=True,
-    ),
-    "cuda-graph": BackendEntry(
-        _gpu_runner("cuda_graph_engine"),
-        "lsmha engine: bf16, stacked members, compiled, one CUDA graph per batch bucket, multi-stream",
-        cuda_only=True,
-    ),
+    "auto": _cpu_runner("auto_engine", "lsmha engine, backend='auto' on the CPU (the note names it)"),
+    "aoti": _aoti_runner,
+    "torch-stacked": gpu_runners.torch_stacked,
+    "torch-compile-graph": gpu_runners.stock_compile,
+    "torch-compile-streams": gpu_runners.stock_compile_streams,
+    "cuda-graph": gpu_runners.cuda_graph_engine,
 }
+CUDA_ONLY = frozenset({"torch-cuda-graph", "torch-compile-graph", "torch-compile-streams", "cuda-graph"})
+
+
+def describe(name: str) -> str:
+    """The first line of the runner's docstring: what it times."""
+    return (RUNNERS[name].__doc__ or name).strip().splitlines()[0]
 
 
 def default_backends(device: torch.device) -> list[str]:
     """What `lsmha-bench latency` times when `--backend` is not given."""
     if device.type == "cuda":
         return ["torch", "torch-bf16", "torch-compile-graph", "cuda-graph"]
-    return ["torch", "onnxruntime"]
+    return ["torch", "openvino-stock", "onnxruntime", "auto"]
 
 
 def make_runner(name: str, models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-    entry = BACKENDS[name]
-    if entry.cuda_only and device.type != "cuda":
-        raise ValueError(f"backend {name!r} needs --device cuda ({entry.description})")
-    return entry.factory(models, device, max_batch)
+    if name not in RUNNERS:
+        raise ValueError(f"unknown runner {name!r}; known: {', '.join(RUNNERS)}")
+    if name in CUDA_ONLY and device.type != "cuda":
+        raise ValueError(f"runner {name!r} needs --device cuda ({describe(name)})")
+    return RUNNERS[name](models, device, max_batch)

@@ -1,7 +1,7 @@
 """A hard time limit that still leaves results: SIGTERM becomes an exception in the main thread.
 
 `benchmarks/gpu_check.sh` runs each step under `timeout`; `lsmha-bench gpu` wraps its jobs in
-`sigterm_stops()` so the signal fails the running job, and the tables and JSON are still written.
+`sigterm_stops()` so the signal drops the running job, and the tables and JSON are still written.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 
 class HardLimit(Exception):
-    """SIGTERM arrived (the caller's hard time limit): the running job is lost, the rest skipped."""
+    """SIGTERM arrived (the caller's hard time limit): the running job is lost, the rest dropped."""
 
 
 def _raise_hard_limit(signum: int, frame: Any) -> None:
@@ -23,8 +23,8 @@ def _raise_hard_limit(signum: int, frame: Any) -> None:
 
 @contextmanager
 def sigterm_stops() -> Iterator[None]:
-    """Within: SIGTERM raises `HardLimit` in the main thread, so `run_comparison` ends the
-    running job as failed, skips the rest and returns what it measured (main thread only)."""
+    """Within: SIGTERM raises `HardLimit` in the main thread, so `run_comparison` drops the
+    running job and the rest and returns what it measured (main thread only)."""
     previous = signal.signal(signal.SIGTERM, _raise_hard_limit)
     try:
         yield

@@ -1,4 +1,10 @@
-"""Timing a call: warm-up, then repeated calls until a time budget, CUDA events on GPU."""
+"""Timing a call: warm-up, then repeated calls until a time budget, CUDA events on GPU.
+
+Two figures per call on a GPU: the event-timed latency (one call, then a sync: what a
+caller waiting for its answer sees, CPU launch overhead included) and the back-to-back
+time (many calls queued without a sync, events around all of them: the GPU's own time
+per call once the CPU runs ahead). Where the two differ, the CPU is the bottleneck.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,11 @@ import torch
 
 @dataclass(frozen=True)
 class Timing:
-    """Per-call latencies in milliseconds and their summary."""
+    """Per-call latencies in milliseconds and their summary; `back_to_back_ms`: per-call time
+    of calls queued back to back (None: not measured)."""
 
     samples_ms: tuple[float, ...]
+    back_to_back_ms: float | None = None
 
     @property
     def median_ms(self) -> float:
@@ -29,6 +37,24 @@ class Timing:
         return float(np.percentile(self.samples_ms, 99))
 
 
+def back_to_back_ms(fn: Callable[[], object], device: str, calls: int) -> float:
+    """Per-call milliseconds of `calls` calls issued without waiting in between (CUDA events
+    around all of them on a GPU, the wall clock on a CPU)."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 def time_call(
     fn: Callable[[], object],
     device: str = "cpu",
@@ -36,13 +62,22 @@ def time_call(
     min_repeats: int = 5,
     max_repeats: int = 200,
     budget_s: float = 2.0,
+    warmup_s: float = 0.0,
+    back_to_back: bool = False,
 ) -> Timing:
-    """Time `fn()` after `warmup` calls; repeat at least `min_repeats` times and
-    until `budget_s` seconds or `max_repeats` calls. On CUDA each call is timed
-    with its own pair of events (GPU time of the stream, launch overhead included)."""
+    """Time `fn()` after `warmup` calls and then at least `warmup_s` seconds of calls (clocks
+    and caches settle after a compile); repeat at least `min_repeats` times and until
+    `budget_s` seconds or `max_repeats` calls. On CUDA each call is timed with its own pair
+    of events (GPU time of the stream, launch overhead included). `back_to_back`: also time
+    calls queued without a sync (about a tenth of `budget_s` more, 5 to 200 calls)."""
     cuda = str(device).startswith("cuda")
     for _ in range(warmup):
         fn()
+    settle = time.perf_counter()
+    while time.perf_counter() - settle < warmup_s:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
     if cuda:
         torch.cuda.synchronize()
     samples: list[float] = []
@@ -59,4 +94,8 @@ def time_call(
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(tuple(samples))
+    b2b = None
+    if back_to_back:
+        calls = int(np.clip(0.1 * budget_s * 1e3 / max(float(np.median(samples)), 1e-3), 5, 200))
+        b2b = back_to_back_ms(fn, device, calls)
+    return Timing(tuple(samples), b2b)
