@@ -9,7 +9,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Descriptions keep their line breaks (usage examples stay on their own lines), and an
     option's default is shown once: not where its help already says it, and not for required
     options, flags, or options whose default is None or empty (nothing to show). List defaults are
-    written as the comma-separated text the option takes."""
+    written as the text the option takes: space-separated where it takes several values (nargs),
+    comma-separated where it takes one."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -26,7 +27,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         ):
             return text
         if isinstance(default, (list, tuple)):
-            shown = ",".join(map(str, default)).replace("%", "%%")
+            # an option of several values (nargs) takes them space-separated; one value takes a comma list
+            sep = " " if action.nargs not in (None, argparse.OPTIONAL) else ","
+            shown = sep.join(map(str, default)).replace("%", "%%")
             return f"{text} (default: {shown})"
         return f"{text} (default: %(default)s)"
 
