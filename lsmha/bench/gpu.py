@@ -204,6 +204,14 @@ def jobs_from_args(args: argparse.Namespace) -> list[Job]:
     return gpu_plan.default_jobs(tuple(args.batch), levers, args.table7)
 
 
+def print_plan(jobs: list[Job], budget_s: float, deadline_s: float) -> None:
+    planned = gpu_plan.plan(jobs, _specs(GROUPS), budget_s)
+    print(gpu_plan.plan_table(planned, deadline_s))
+    total = gpu_plan.planned_total_s(planned)
+    print(f"total: {total:.0f} s estimated (interpreter start {START_S:.0f} s included) for --deadline "
+          f"{deadline_s:.0f} s; * = the rows the committee/baseline ratios need", flush=True)  # fmt: skip
+
+
 def cmd_gpu(args: argparse.Namespace) -> int:
     if args.budget <= 0 or args.deadline <= 0:
         raise CliError.usage(f"--budget and --deadline must be > 0, got {args.budget} and {args.deadline}")
@@ -212,11 +220,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"the job list names runners {unknown} that lsmha.bench.backends.RUNNERS lacks")
     if args.plan:
-        planned = gpu_plan.plan(jobs, _specs(GROUPS), args.budget)
-        print(gpu_plan.plan_table(planned, args.deadline))
-        total = gpu_plan.planned_total_s(planned)
-        print(f"total: {total:.0f} s estimated (interpreter start {START_S:.0f} s included) for --deadline "
-              f"{args.deadline:.0f} s; * = the rows the committee/baseline ratios need")  # fmt: skip
+        print_plan(jobs, args.budget, args.deadline)
         return 0
     if not torch.cuda.is_available():
         raise CliError.environment(
@@ -238,6 +242,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
         last.update(result)
         path.write_text(json.dumps({"facts": facts, **result}, indent=2) + "\n")
 
+    print_plan(jobs, args.budget, args.deadline)
     print(f"results: {path} (rewritten after every row)", flush=True)
     try:
         with sigterm_stops():
