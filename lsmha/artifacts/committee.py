@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..models import load_facts
+from ..models import CCTSpec, load_facts
+from ..models.spec import check_compatible
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 
 FORMAT = "lsmha-committee-1"
@@ -21,17 +22,14 @@ def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike
     root = path.parent.resolve()
     if not checkpoints:
         raise ValueError("a committee needs at least one checkpoint")
-    members, shape = [], None
-    for ck in checkpoints:
-        ck = Path(ck).resolve()
+    paths = [Path(ck).resolve() for ck in checkpoints]
+    for ck in paths:
         if not ck.is_relative_to(root):
             raise ValueError(f"checkpoint {ck} is not under the manifest's directory {root}")
-        spec = load_facts(ck)["spec"]
-        this = (spec["num_classes"], spec["img_size"], spec["in_chans"])
-        if shape is not None and this != shape:
-            raise ValueError(f"{ck} has (classes, img_size, in_chans)={this}, the first member has {shape}")
-        shape = this
-        members.append({"checkpoint": ck.relative_to(root).as_posix(), "sha256": sha256_file(ck)})
+    specs = [CCTSpec.from_dict(load_facts(ck)["spec"]) for ck in paths]
+    check_compatible(specs, [str(ck) for ck in paths])
+    members = [{"checkpoint": ck.relative_to(root).as_posix(), "sha256": sha256_file(ck)} for ck in paths]
+    shape = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
     doc = {
         "format": FORMAT,
         "members": members,

@@ -19,25 +19,11 @@ import numpy as np
 from .. import metrics
 from ..models import CCT, CCTSpec
 from ..models.file_kind import file_kind
-from ..models.spec import SpecFacts
+from ..models.spec import SpecFacts, check_compatible
 from .backends import Backend, Source, open_backend
 from .inputs import check_images
 from .selection import Selection
 from .selection import select as greedy_select
-
-
-def check_compatible(specs: Sequence[CCTSpec]) -> None:
-    """Refuse committees whose members disagree on classes, image size or channels."""
-    if not specs:
-        raise ValueError("a committee needs at least one member, got none")
-    first = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
-    for i, s in enumerate(specs[1:], start=1):
-        this = (s.num_classes, s.img_size, s.in_chans)
-        if this != first:
-            raise ValueError(
-                f"member {i} ({s.name or 'unnamed'}) has (classes, img_size, in_chans)={this}, "
-                f"member 0 has {first}: every member must agree"
-            )
 
 
 class Committee(SpecFacts):

@@ -143,6 +143,25 @@ class CCTSpec:
         return cls.from_dict(data)
 
 
+def check_compatible(specs: list[CCTSpec], names: list[str] | None = None) -> None:
+    """Refuse committees whose members disagree on classes, image size or channels.
+
+    Args:
+        specs: the members' specs, in committee order.
+        names: how to name each member in the error (default: "member <i> (<spec name>)").
+    """
+    if not specs:
+        raise ValueError("a committee needs at least one member, got none")
+    names = names or [f"member {i} ({s.name or 'unnamed'})" for i, s in enumerate(specs)]
+    first = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
+    for name, s in zip(names[1:], specs[1:]):
+        this = (s.num_classes, s.img_size, s.in_chans)
+        if this != first:
+            raise ValueError(
+                f"{name} has (classes, img_size, in_chans)={this}, {names[0]} has {first}: every member must agree"
+            )
+
+
 class SpecFacts:
     """What every member of a committee shares, read from `self.specs` (checked equal at construction)."""
 
