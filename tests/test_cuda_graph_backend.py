@@ -101,6 +101,8 @@ def test_without_cuda_unavailable_and_refuses_with_reason():
 
 
 def test_open_refuses_unknown_options_and_cpu_device():
+    levers = {"stack", "sdpa", "bias", "streams", "compile", "one_graph", "input", "precision", "max_batch"}
+    assert BACKENDS["cuda-graph"].options() >= levers | {"device"}  # what Committee.load may pass
     source = Source(specs=SPECS[:1], models=_members(SPECS[:1]))
     with pytest.raises(BackendUnavailable, match="unknown option"):
         cg.open(source, threads=2)

@@ -27,6 +27,7 @@ The capture itself is `lsmha.engine.cuda_graph.CapturedGraphs`.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -269,32 +270,23 @@ class CudaGraphBackend(Backend):
         self.engine.close()
 
 
-def open(
-    source: Source,
-    device: str | None = None,
-    precision: str = "bf16",
-    max_batch: int = 256,
-    stack: str = "shape",
-    sdpa: str = "per-heads",
-    bias: str = "baddbmm",
-    streams: bool = True,
-    compile: str = "default",
-    one_graph: bool = False,
-    input: str = "uint8",
-    **options: Any,
-) -> CudaGraphBackend:
+def open(source: Source, device: str | None = None, **options: Any) -> CudaGraphBackend:
     """Open the cuda-graph backend on `source`'s torch weights (models, checkpoints or
-    the export's safetensors). Options as `CudaGraphCommittee`."""
-    if options:
+    the export's safetensors). Options: those of `CudaGraphCommittee` (see `OPTIONS`)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
         raise BackendUnavailable(
-            f"cuda-graph backend: unknown option(s) {sorted(options)}; it takes device, precision, max_batch, "
-            "stack, sdpa, bias, streams, compile, one_graph, input"
+            f"cuda-graph backend: unknown option(s) {unknown}; it takes device, {', '.join(OPTIONS)}"
         )
     if device is not None and not str(device).startswith("cuda"):
         raise BackendUnavailable(f"cuda-graph backend runs on CUDA devices only, asked for device={device!r}")
-    models = source.torch_models()
-    engine = CudaGraphCommittee(
-        models, device=device or "cuda", precision=precision, max_batch=max_batch, stack=stack, sdpa=sdpa,
-        bias=bias, streams=streams, compile=compile, one_graph=one_graph, input=input,
-    )  # fmt: skip
-    return CudaGraphBackend(engine)
+    return CudaGraphBackend(CudaGraphCommittee(source.torch_models(), device=device or "cuda", **options))
+
+
+# the engine's keyword options, written once (on CudaGraphCommittee); `open` shows them as its own
+# parameters, which is where the backend registry reads the options a backend takes
+OPTIONS = {
+    name: p for name, p in inspect.signature(CudaGraphCommittee).parameters.items() if name not in ("models", "device")
+}
+_open_params = list(inspect.signature(open).parameters.values())[:2]  # source, device
+open.__signature__ = inspect.Signature([*_open_params, *OPTIONS.values()], return_annotation=CudaGraphBackend)
