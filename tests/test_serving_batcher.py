@@ -128,3 +128,58 @@ def test_refuses_oversized_requests_and_bad_settings():
         DynamicBatcher(_double, max_batch=0)
     with pytest.raises(RuntimeError, match="not running"):
         asyncio.run(DynamicBatcher(_double).submit(np.zeros((1, 1))))
+
+
+def test_batch_key_names_what_requests_must_share():
+    from lsmha.serving.batcher import BatchKey
+
+    u8, f32 = np.zeros((1, 2), np.uint8), np.zeros((1, 2), np.float32)
+    assert BatchKey.of(u8, member_logits=True) == BatchKey("|u1", True)
+    assert BatchKey.of(f32, member_logits=False) == BatchKey("<f4", False)
+    assert len({BatchKey.of(u8, True), BatchKey.of(u8, False), BatchKey.of(f32, False), BatchKey("|u1", True)}) == 3
+    seen = []
+
+    def run(images, key):
+        seen.append((key.dtype, key.member_logits, len(images)))
+        return {"x": images}
+
+    batcher = DynamicBatcher(run, max_batch=8, max_delay_ms=50, max_queue=8)
+
+    async def go():
+        return await asyncio.gather(
+            *(batcher.submit(x, key=BatchKey.of(x, m)) for x, m in [(u8, True), (u8, False), (u8, True)])
+        )
+
+    asyncio.run(_with(batcher, go()))
+    assert sorted(seen) == [("|u1", False, 1), ("|u1", True, 2)]
+
+
+def test_stop_fails_waiting_requests_with_shutting_down():
+    from lsmha.serving.batcher import ShuttingDown
+
+    release = threading.Event()
+
+    def slow(images, key):
+        release.wait(timeout=10)
+        return {"x": images}
+
+    batcher = DynamicBatcher(slow, max_batch=1, max_delay_ms=0, max_queue=4)
+
+    async def go():
+        await batcher.start()
+        waiting = [asyncio.ensure_future(batcher.submit(np.zeros((1, 1)))) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        release.set()
+        await batcher.stop()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert any(isinstance(r, ShuttingDown) and "shutting down" in str(r) for r in results), results
+
+
+def test_serve_config_refuses_bad_settings():
+    from lsmha.serving import ServeConfig
+
+    with pytest.raises(ValueError, match=r"body_timeout_s=0.*shutdown_timeout_s=-1"):
+        ServeConfig(body_timeout_s=0, shutdown_timeout_s=-1)
+    assert ServeConfig(max_body_mb=1).max_body_bytes == 1 << 20

@@ -216,3 +216,20 @@ def test_missing_directory_is_a_usage_error_and_help_lists_exit_codes(tmp_path, 
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "exit status: 0 ok" in " ".join(capsys.readouterr().out.split())
+
+
+def test_docs_list_every_option_with_its_default():
+    from pathlib import Path
+
+    from lsmha.serving.cli import build_parser
+
+    docs = (Path(__file__).parents[1] / "docs" / "serving.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line.split("|")[2].strip(" `") for line in docs.splitlines()
+            if line.startswith("| `--")}  # fmt: skip
+    for action in build_parser()._actions:
+        option = next((o for o in action.option_strings if o.startswith("--")), None)
+        if option is None or option == "--help":
+            continue
+        assert option in rows, f"docs/serving.md has no row for {option}"
+        if action.default not in (None, False):
+            assert rows[option] == str(action.default), f"{option}: docs say {rows[option]}, code {action.default}"

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a soft committee over HTTP with the KServe v2 inference protocol "
         "(JSON or binary tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
         formatter_class=HelpFormatter,
+        epilog="SIGTERM or Ctrl-C stops the server gracefully and it exits 0; see docs/serving.md.",
     )
     p.add_argument(
         "dir", type=Path, help="an export directory (manifest.json), a committee.json, or a directory with one"
