@@ -1,0 +1,216 @@
+"""The OpenVINO backend: the export's committee graph (all members and the sum) compiled for the CPU.
+
+Precision: "auto" runs bf16 where the CPU has AMX or AVX512_BF16 (native bf16 dot
+products; OpenVINO's own default there too) and f32 elsewhere; "fp32" forces f32;
+"bf16" on a CPU without either flag is refused with the flag it lacks. `name`
+reports what the compiled model actually runs, e.g. "openvino[CPU,bf16]".
+
+uint8 images go in as uint8: the graph gets a uint8 input whose cast to float32 is
+its first node (OpenVINO's PrePostProcessor), so Python makes no float copy; float
+images use a second compiled model with the export's own float32 input, compiled
+on first use. Infer requests are reused and fed without copies (`share_inputs`).
+
+Modes: "latency" (default, for `predict`): PERFORMANCE_HINT LATENCY, one stream, one
+infer request. "throughput" (large batches, concurrent callers): PERFORMANCE_HINT
+THROUGHPUT, a pool of the plugin's optimal number of infer requests; a batch is
+split over the free ones and run asynchronously, and concurrent calls share the pool.
+Measurements behind these choices: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ...artifacts import COMMITTEE
+from ..cpu import BF16_FLAGS, CpuInfo, cpu_info
+from .base import Backend, BackendUnavailable, Source
+
+NAME = "openvino"
+MIN_VERSION = (2025, 1)  # the pyproject floor: reads the export's opset-23 Attention
+PRECISIONS = ("auto", "fp32", "bf16")
+MODES = ("latency", "throughput")
+INSTALL = "pip install -U openvino"
+
+
+def _version(text: str) -> tuple[int, int]:
+    parts = text.split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return (0, 0)
+
+
+def unavailable() -> str | None:
+    try:
+        import openvino
+    except ImportError as err:
+        return f"openvino is not installed or cannot be imported ({err}): {INSTALL}"
+    found = getattr(openvino, "__version__", "unknown")
+    if _version(found) < MIN_VERSION:
+        want = ".".join(map(str, MIN_VERSION))
+        return f"openvino {found} is too old: lsmha needs openvino >= {want} (ONNX opset-23 Attention): {INSTALL}"
+    return None
+
+
+def choose_precision(precision: str, cpu: CpuInfo, capabilities: Sequence[str] = ()) -> str:
+    """The precision to compile in: "fp32" or "bf16".
+
+    Args:
+        precision: "auto", "fp32" or "bf16".
+        cpu: the CPU's flags (`lsmha.engine.cpu.cpu_info()`).
+        capabilities: OpenVINO's `OPTIMIZATION_CAPABILITIES` for the CPU; decides bf16
+            only where the flags cannot be read (not Linux).
+    """
+    if precision not in PRECISIONS:
+        raise BackendUnavailable(f"openvino backend runs precision {PRECISIONS}, asked for precision={precision!r}")
+    has_bf16 = cpu.has_bf16 if cpu.has_bf16 is not None else "BF16" in capabilities
+    if precision == "fp32":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if has_bf16 else "fp32"
+    if not has_bf16:
+        flags = "unknown" if cpu.flags is None else (" ".join(cpu.flags) or "none of note")
+        raise BackendUnavailable(
+            f"precision='bf16' needs a CPU with {' or '.join(BF16_FLAGS)} (AMX or AVX512_BF16); "
+            f"this CPU ({cpu.model}) has neither (its flags: {flags}); use precision='fp32' or 'auto'"
+        )
+    return "bf16"
+
+
+def compile_config(precision: str, mode: str, threads: int | None = None) -> dict[str, Any]:
+    """The CPU plugin's properties for `precision` ("fp32"/"bf16") and `mode`."""
+    if mode not in MODES:
+        raise BackendUnavailable(f"openvino backend: mode must be one of {MODES}, got {mode!r}")
+    config: dict[str, Any] = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "PERFORMANCE_HINT": mode.upper(),
+    }
+    if threads is not None:
+        if threads < 1:
+            raise BackendUnavailable(f"openvino backend: threads must be >= 1, got {threads}")
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
+class CompiledGraph:
+    """One compiled committee graph (one input dtype) with its pool of reusable infer requests."""
+
+    def __init__(self, core: Any, model: Any, config: dict[str, Any]) -> None:
+        self.compiled = core.compile_model(model, "CPU", config)
+        jobs = max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.jobs = 1 if config["PERFORMANCE_HINT"] == "LATENCY" else jobs
+        self.pool: queue.Queue[Any] = queue.Queue()
+        for _ in range(self.jobs):
+            self.pool.put(self.compiled.create_infer_request())
+        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
+
+    def run(self, images: np.ndarray, output: int) -> np.ndarray:
+        """Output `output` (0: logits, 1: member_logits) for `images`, split over up to `jobs` requests."""
+        if self.jobs == 1 or len(images) == 1:
+            request = self.pool.get()
+            try:
+                request.infer({0: images}, share_inputs=True, share_outputs=True)
+                return request.get_output_tensor(output).data.copy()
+            finally:
+                self.pool.put(request)
+        chunks = np.array_split(images, min(self.jobs, len(images)))
+        taken = []
+        try:
+            for chunk in chunks:
+                request = self.pool.get()
+                taken.append(request)
+                request.start_async({0: chunk}, share_inputs=True)
+            parts = []
+            for request in taken:
+                request.wait()
+                parts.append(request.get_output_tensor(output).data.copy())
+        finally:
+            for request in taken:
+                self.pool.put(request)
+        return np.concatenate(parts, axis=output)  # the batch axis: 0 in logits, 1 in member_logits
+
+
+class OpenVinoBackend(Backend):
+    """The committee graph (outputs `logits`, `member_logits`) compiled by OpenVINO for the CPU."""
+
+    def __init__(self, model: Any, core: Any, config: dict[str, Any], num_members: int, mode: str) -> None:
+        self.model = model  # the float32-input graph as read from the verified file
+        self.core = core
+        self.config = config
+        self.num_members = num_members
+        self.mode = mode
+        self.graphs: dict[str, CompiledGraph] = {"uint8": CompiledGraph(core, uint8_input(model), config)}
+        compiled = self.graphs["uint8"].compiled
+        runs = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what the plugin settled on
+        self.precision = "bf16" if runs == "bf16" else "fp32"
+        self.name = f"openvino[CPU,{self.precision}" + (",throughput]" if mode == "throughput" else "]")
+
+    def _graph(self, images: np.ndarray) -> CompiledGraph:
+        key = "uint8" if images.dtype == np.uint8 else "float32"
+        if key not in self.graphs:  # float images: the export's own input, compiled on first use
+            self.graphs[key] = CompiledGraph(self.core, self.model, self.config)
+        return self.graphs[key]
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self._graph(images).run(images, 0)
+
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        return self._graph(images).run(images, 1)
+
+    def close(self) -> None:
+        self.graphs = {}
+
+
+def uint8_input(model: Any) -> Any:
+    """A copy of `model` taking uint8 images, cast to float32 by its first node."""
+    import openvino as ov
+    from openvino.preprocess import PrePostProcessor
+
+    ppp = PrePostProcessor(model.clone())
+    ppp.input().tensor().set_element_type(ov.Type.u8)
+    ppp.input().preprocess().convert_element_type(ov.Type.f32)
+    return ppp.build()
+
+
+def open(
+    source: Source,
+    precision: str = "auto",
+    device: str | None = None,
+    mode: str = "latency",
+    threads: int | None = None,
+    cache_dir: str | None = None,
+) -> OpenVinoBackend:
+    """Compile the export's committee graph with OpenVINO for the CPU.
+
+    Args:
+        precision: "auto" (bf16 with AMX or AVX512_BF16, else f32), "fp32" or "bf16".
+        device: None or "cpu" (the backend runs on the CPU only).
+        mode: "latency" (one request; `predict`) or "throughput" (streams, a request pool).
+        threads: INFERENCE_NUM_THREADS (default: the plugin's choice, one per physical core).
+        cache_dir: OpenVINO's CACHE_DIR: compiled blobs kept there, later opens load them.
+    """
+    if device not in (None, "cpu"):
+        raise BackendUnavailable(f"openvino backend runs on the CPU only, asked for device={device!r}")
+    manifest = source.manifest
+    if manifest is None:
+        raise BackendUnavailable(
+            "openvino backend needs an export directory with committee.onnx (run `lsmha-export onnx`)"
+        )
+    entries = manifest.find(format="onnx", precision="fp32", scope=COMMITTEE)
+    if not entries:
+        have = sorted({(e.format, e.precision, str(e.scope)) for e in manifest.files})
+        raise BackendUnavailable(
+            f"{manifest.directory} has no fp32 ONNX committee graph (have: {have}); run `lsmha-export onnx`"
+        )
+    import openvino as ov
+
+    core = ov.Core()
+    if cache_dir is not None:
+        core.set_property({"CACHE_DIR": str(cache_dir)})
+    chosen = choose_precision(precision, cpu_info(), core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    model = core.read_model(str(manifest.path_of(entries[0])))
+    return OpenVinoBackend(model, core, compile_config(chosen, mode, threads), len(source.specs), mode)
