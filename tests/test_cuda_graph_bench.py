@@ -148,9 +148,10 @@ def _cpu_jobs():
     ]
 
 
-def test_run_comparison_on_cpu_rows_ratios_jobs_and_partials():
+def test_run_comparison_on_cpu_rows_ratios_jobs_and_partials(monkeypatch):
+    monkeypatch.setattr(gpu_plan, "WARMUP_S", 0.0)
     partials = []
-    result = gpu.run_comparison(_cpu_jobs(), torch.device("cpu"), deadline_s=600, budget_s=0.01,
+    result = gpu.run_comparison(_cpu_jobs(), torch.device("cpu"), deadline_s=600, budget_s=0.0,
                                 on_progress=partials.append, groups=TINY, log=lambda line: None)  # fmt: skip
     rows = result["rows"]
     assert [(r["model"], r["backend"], r["batch"]) for r in rows] == [
@@ -166,7 +167,8 @@ def test_run_comparison_on_cpu_rows_ratios_jobs_and_partials():
     assert json.loads(json.dumps(result)) == result
 
 
-def test_run_comparison_drops_what_would_not_finish_and_records_failures():
+def test_run_comparison_drops_what_would_not_finish_and_records_failures(monkeypatch):
+    monkeypatch.setattr(gpu_plan, "WARMUP_S", 0.0)
     jobs = _cpu_jobs()
     lever = Job("lever one stream", ((RunnerKey("committee-5", ENGINE, "one stream"), 1),))
     result = gpu.run_comparison([*jobs, lever], torch.device("cpu"), deadline_s=600, budget_s=0.0, groups=TINY,
@@ -190,6 +192,7 @@ def test_sigterm_drops_the_running_job_and_the_rest_and_keeps_rows(monkeypatch):
         raise AssertionError("SIGTERM did not stop the job")
 
     monkeypatch.setitem(RUNNERS, "sigterm", killed)
+    monkeypatch.setattr(gpu_plan, "WARMUP_S", 0.0)
     jobs = [_cpu_jobs()[0], Job("killed", ((RunnerKey(BASELINE, "sigterm"), 1),)), _cpu_jobs()[1]]
     before = signal.getsignal(signal.SIGTERM)
     with gpu.sigterm_stops():
@@ -260,3 +263,13 @@ def test_cuda_runners_match_eager_fp32(name):
     assert rel <= 2e-2, f"{name}: relative error {rel:.3g}"
     torch.testing.assert_close(got, got_again)
     assert all(p.dtype == torch.float32 for m in models for p in m.parameters())  # callers' members untouched
+
+
+def test_recompile_limit_raises_within_the_run_only():
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    before = cfg.fail_on_recompile_limit_hit
+    with gpu.recompile_limit_raises():
+        assert cfg.fail_on_recompile_limit_hit
+    assert cfg.fail_on_recompile_limit_hit == before

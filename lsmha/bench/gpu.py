@@ -29,7 +29,8 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
@@ -125,45 +126,59 @@ def run_comparison(
         if on_progress:
             on_progress(result())
 
-    for job in jobs:
-        elapsed = time.perf_counter() - start
-        estimate = planner.estimate(job)
-        if state["stopped"] or elapsed + estimate > deadline_s:
-            left = deadline_s - elapsed
-            why = "after SIGTERM" if state["stopped"] else f"estimated {estimate:.0f} s, {left:.0f} s left"
-            state["dropped"].append(f"{job.name}: {why}")
-            continue
-        planner.commit(job)
-        began = time.perf_counter()
-        try:  # one broken job is reported (traceback on stderr, listed in "errors"), the others still run
-            for key, _ in job.rows:
-                if key.group not in members:
-                    members[key.group] = build_members(_specs(groups)(key.group), seed)
-                if key not in runners:
-                    max_batch = max(b for j in jobs for k, b in j.rows if k == key)
-                    if key.lever:
-                        runners[key] = cuda_graph_engine(members[key.group], device, max_batch, **key.options)
-                    else:
-                        runners[key] = make_runner(key.runner, members[key.group], device, max_batch)
-            _time_job(job, runners, members, device, rng, budget_s, peak, on_row)
-        except Exception as err:
-            traceback.print_exc()
-            if from_hard_limit(err):
-                state["stopped"] = True
-                state["dropped"].append(f"{job.name}: stopped by SIGTERM (the hard time limit) while it ran")
-            else:
-                state["errors"].append(f"{job.name}: {type(err).__name__}: {err}")
-        spent = time.perf_counter() - began
-        state["jobs"].append({"job": job.name, "estimated_s": round(estimate, 1), "measured_s": round(spent, 1)})
-        log(f"[{time.perf_counter() - start:4.0f} s] {job.name}: {spent:.1f} s (estimated {estimate:.1f} s)")
-        for key in [k for k in runners if k.lever]:  # lever engines are used once: free their graphs
-            del runners[key]
-        if device.type == "cuda":
-            try:
-                torch.cuda.empty_cache()
-            except Exception:  # a CUDA error left by a failed job: report it, the tables must still come
+    with recompile_limit_raises():  # a silent fallback to eager kernels would time the wrong thing
+        for job in jobs:
+            elapsed = time.perf_counter() - start
+            estimate = planner.estimate(job)
+            if state["stopped"] or elapsed + estimate > deadline_s:
+                left = deadline_s - elapsed
+                why = "after SIGTERM" if state["stopped"] else f"estimated {estimate:.0f} s, {left:.0f} s left"
+                state["dropped"].append(f"{job.name}: {why}")
+                continue
+            planner.commit(job)
+            began = time.perf_counter()
+            try:  # one broken job is reported (traceback on stderr, listed in "errors"), the others still run
+                for key, _ in job.rows:
+                    if key.group not in members:
+                        members[key.group] = build_members(_specs(groups)(key.group), seed)
+                    if key not in runners:
+                        max_batch = max(b for j in jobs for k, b in j.rows if k == key)
+                        if key.lever:
+                            runners[key] = cuda_graph_engine(members[key.group], device, max_batch, **key.options)
+                        else:
+                            runners[key] = make_runner(key.runner, members[key.group], device, max_batch)
+                _time_job(job, runners, members, device, rng, budget_s, peak, on_row)
+            except Exception as err:
                 traceback.print_exc()
+                if from_hard_limit(err):
+                    state["stopped"] = True
+                    state["dropped"].append(f"{job.name}: stopped by SIGTERM (the hard time limit) while it ran")
+                else:
+                    state["errors"].append(f"{job.name}: {type(err).__name__}: {err}")
+            spent = time.perf_counter() - began
+            state["jobs"].append({"job": job.name, "estimated_s": round(estimate, 1), "measured_s": round(spent, 1)})
+            log(f"[{time.perf_counter() - start:4.0f} s] {job.name}: {spent:.1f} s (estimated {estimate:.1f} s)")
+            for key in [k for k in runners if k.lever]:  # lever engines are used once: free their graphs
+                del runners[key]
+            if device.type == "cuda":
+                try:
+                    torch.cuda.empty_cache()
+                except Exception:  # a CUDA error left by a failed job: report it, the tables must still come
+                    traceback.print_exc()
     return result()
+
+
+@contextmanager
+def recompile_limit_raises() -> Iterator[None]:
+    """Within: a function past dynamo's recompile limit raises instead of running eagerly."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    if not hasattr(cfg, "fail_on_recompile_limit_hit"):
+        yield
+        return
+    with cfg.patch(fail_on_recompile_limit_hit=True):
+        yield
 
 
 def _int_list(text: str) -> list[int]:

@@ -77,7 +77,7 @@ def stock_compile_streams(models: list[CCT], device: torch.device, max_batch: in
     """stock compiled members, bf16 weights, one CUDA graph per shape, one stream per member"""
     require_cuda("torch-compile-streams", device)
     members = _bf16_members(models, device)
-    allow_recompiles(4 * len(members) + 8)  # members share CCT.forward's code object
+    allow_recompiles(max(64, 4 * len(members) + 8))  # members share CCT.forward's code object
     compiled = [torch.compile(m, options={"triton.cudagraphs": False}) for m in members]
     streams = [torch.cuda.Stream(device) for _ in members] if len(members) > 1 else None
 

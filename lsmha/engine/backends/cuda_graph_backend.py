@@ -167,8 +167,9 @@ class CudaGraphCommittee:
         else:
             prepare, combine = self.program.prepare, self._combine
             if compile != "off":
-                # units of one class share a code object: one cache entry per unit and batch shape
-                allow_recompiles(len(units) * (len(self.buckets) + 1) + 8)
+                # units of one class share a code object across engines: one cache entry per unit and
+                # batch shape (replays never evaluate the guards, so a long cache list costs nothing)
+                allow_recompiles(max(64, len(units) * (len(self.buckets) + 1) + 8))
                 prepare, combine = (torch.compile(f, dynamic=dynamic, options=options) for f in (prepare, combine))
                 units = [torch.compile(u, dynamic=dynamic, options=options) for u in units]
             self.streams = [torch.cuda.Stream(self.device) for _ in units] if streams and len(units) > 1 else None
