@@ -154,8 +154,8 @@ def test_cuda_provider_with_io_binding(exported, images):
 
 
 def test_3d_attention_rewrite_keeps_the_arithmetic(exported, images):
+    from lsmha.engine.backends.onnx_rewrite import attention_to_3d
     from lsmha.engine.backends.onnxruntime_backend import OnnxSession
-    from lsmha.export.rewrite import attention_to_3d
 
     _, out = exported
     model, rewritten = attention_to_3d(onnx.load(str(out / "committee.onnx")))

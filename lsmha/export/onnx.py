@@ -1,8 +1,8 @@
 """ONNX export: a member or a whole committee as ONE opset-23 graph with fused `Attention`.
 
-The graph takes raw pixels, float32 (N, C, H, W) with a dynamic batch axis, and
-standardises each image inside the graph (shared by all members of a committee
-graph, since every member standardises identically). Attention is the ONNX
+The graph (`lsmha.export.graphs`) takes raw pixels, float32 (N, C, H, W) with a dynamic
+batch axis, and standardises each image inside the graph (shared by all members of a
+committee graph, since every member standardises identically). Attention is the ONNX
 `Attention` operator (opset 23), which `_sdpa_to_attention` writes for
 `F.scaled_dot_product_attention` on every torch from 2.6 (head sizes padded to a
 multiple of 8 stay padded inside it, with the true scale). Files are self-contained (no
@@ -15,7 +15,6 @@ Outputs: a member graph gives `logits` (N, classes); a committee graph gives
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -28,55 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..artifacts import COMMITTEE, ExportManifest, FileEntry, TensorInfo, file_entry
-from ..models import CCT, CCTSpec, Standardize
+from ..artifacts import COMMITTEE, ExportManifest, FileEntry, add_entries, file_entry
+from ..models import CCT, CCTSpec
+from ..models.spec import check_compatible
+from .directory import write_weights
+from .graphs import INPUT, graph_for, io_tensors, output_names
 
 OPSET = 23
-INPUT = "images"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "int8": None}  # int8: see quantize_int8
-
-
-class _Body(nn.Module):
-    """One member without its standardisation, run in `dtype`, returning float32 logits."""
-
-    def __init__(self, model: CCT, dtype: torch.dtype) -> None:
-        super().__init__()
-        body = copy.deepcopy(model).eval()
-        body.standardize = nn.Identity()  # done once, in float32, by the graph
-        self.model = body.to(dtype)
-        self.dtype = dtype
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model(z.to(self.dtype)).float()
-
-
-class MemberGraph(nn.Module):
-    """Raw float32 pixels -> one member's logits (N, classes)."""
-
-    def __init__(self, model: CCT, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.standardize = Standardize(model.standardize.eps)
-        self.body = _Body(model, dtype)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.body(self.standardize(images))
-
-
-class CommitteeGraph(nn.Module):
-    """Raw float32 pixels -> (sum of the members' raw logits (N, C), member logits (M, N, C))."""
-
-    def __init__(self, models: Sequence[CCT], dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.standardize = Standardize(models[0].standardize.eps)
-        self.bodies = nn.ModuleList(_Body(m, dtype) for m in models)
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.standardize(images)
-        outs = [body(z) for body in self.bodies]
-        total = outs[0]
-        for o in outs[1:]:
-            total = total + o
-        return total, torch.stack(outs)
 
 
 def op_counts(path_or_model: str | os.PathLike | Any) -> Counter:
@@ -257,45 +215,29 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-def _export(
-    make: Any, specs: list[CCTSpec], directory: Path, stem: str, outputs: list[str], scope: str | int, precision: str
+def export_scope_onnx(
+    models: Sequence[CCT], directory: str | os.PathLike, scope: str | int = COMMITTEE, precision: str = "fp32"
 ) -> FileEntry:
+    """One graph of `scope` ("committee": `committee[.<precision>].onnx`, all members and their sum;
+    member i: `member<i>[.<precision>].onnx`) under `directory`; its manifest entry (not yet written)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    directory = Path(directory)
+    graph = lambda dtype: graph_for(models, scope, dtype)  # noqa: E731 - built afresh per precision
+    _, specs = graph(torch.float32)
+    stem = COMMITTEE if scope == COMMITTEE else f"member{scope}"
     path = directory / _filename(stem, precision)
+    names = output_names(scope)
     if precision == "int8":  # quantised from the fp32 graph, exported afresh beside it
-        fp32 = export_graph(make(torch.float32), path.with_suffix(".fp32.tmp"), specs, outputs, scope, "fp32")
+        fp32 = export_graph(graph(torch.float32)[0], path.with_suffix(".fp32.tmp"), specs, names, scope, "fp32")
         quantize_int8(fp32, path)
         fp32.unlink()
     else:
-        export_graph(make(PRECISIONS[precision]), path, specs, outputs, scope, precision)
-    s = specs[0]
-    inputs = [TensorInfo(INPUT, "float32", ("batch", s.in_chans, s.img_size, s.img_size))]
-    outs = [TensorInfo("logits", "float32", ("batch", s.num_classes))]
-    if scope == COMMITTEE:
-        outs.append(TensorInfo("member_logits", "float32", (len(specs), "batch", s.num_classes)))
+        export_graph(graph(PRECISIONS[precision])[0], path, specs, names, scope, precision)
+    inputs, outputs = io_tensors(specs, scope)
     return file_entry(
         directory, path, format="onnx", precision=precision, scope=scope,
-        inputs=inputs, outputs=outs, opset=OPSET, versions=_versions(),
-    )  # fmt: skip
-
-
-def export_committee_onnx(
-    models: Sequence[CCT], directory: str | os.PathLike, precision: str = "fp32", name: str = "committee"
-) -> FileEntry:
-    """The whole committee as ONE graph `<name>[.<precision>].onnx` under `directory`; its manifest entry."""
-    specs = [m.spec for m in models]
-    return _export(
-        lambda dtype: CommitteeGraph(models, dtype), specs, Path(directory), name,
-        ["logits", "member_logits"], COMMITTEE, precision,
-    )  # fmt: skip
-
-
-def export_member_onnx(model: CCT, index: int, directory: str | os.PathLike, precision: str = "fp32") -> FileEntry:
-    """One member as `member<index>[.<precision>].onnx` under `directory`; its manifest entry."""
-    return _export(
-        lambda dtype: MemberGraph(model, dtype), [model.spec], Path(directory), f"member{index}",
-        ["logits"], index, precision,
+        inputs=inputs, outputs=outputs, opset=OPSET, versions=_versions(),
     )  # fmt: skip
 
 
@@ -305,51 +247,34 @@ def export_onnx(
     precisions: Sequence[str] = ("fp32",),
     per_member: bool = False,
     progress: bool = False,
+    force: bool = False,
 ) -> ExportManifest:
     """Export a committee into `directory`: its weights (`member<i>.safetensors`, so the
     torch backend and `verify` can load the directory alone), the committee graph in
-    each precision, optionally one graph per member, and a fresh `manifest.json`.
+    each precision, optionally one graph per member, and `manifest.json` listing them.
 
     Args:
         models: the members (a committee of one is a single model).
-        directory: created if missing; files of the same names are replaced.
+        directory: created if missing; must be empty unless `force` (an earlier export's
+            manifest would otherwise be replaced, its other files left unlisted).
         precisions: among "fp32", "fp16", "int8" (fp16 and int8 are opt-in variants).
-        per_member: also write `member<i>[.fp16].onnx`.
+        per_member: also write `member<i>[.<precision>].onnx`.
         progress: show a tqdm bar.
+        force: delete an earlier export's files in `directory` first.
     """
     from tqdm import tqdm
 
-    from ..artifacts import write_manifest
-    from ..models import save
-
     models = list(models)
-    if not models:
-        raise ValueError("nothing to export: the committee has no members")
-    specs = [m.spec for m in models]
-    first = (specs[0].num_classes, specs[0].img_size, specs[0].in_chans)
-    for i, s in enumerate(specs):
-        if (s.num_classes, s.img_size, s.in_chans) != first:
-            raise ValueError(f"member {i} has (classes, img_size, in_chans) != member 0's {first}")
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, Any]] = []
-    for i, m in enumerate(models):
-        jobs.append((f"member{i}.safetensors", lambda i=i, m=m: _weights_entry(m, i, directory, save)))
-    for p in precisions:
-        jobs.append((f"committee {p}", lambda p=p: export_committee_onnx(models, directory, p)))
-        if per_member:
-            for i, m in enumerate(models):
-                jobs.append((f"member{i} {p}", lambda i=i, m=m, p=p: export_member_onnx(m, i, directory, p)))
+    for p in precisions:  # before anything is written
+        if p not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {p!r}")
+    check_compatible([m.spec for m in models])
+    manifest = write_weights(models, directory, force)
+    scopes: list[str | int] = [COMMITTEE] + (list(range(len(models))) if per_member else [])
+    jobs = [(scope, p) for p in precisions for scope in scopes]
     entries = []
-    for label, job in tqdm(jobs, desc="export", disable=not progress):
+    for scope, p in tqdm(jobs, desc="export", disable=not progress):
         if progress:
-            tqdm.write(f"writing {label}")
-        entries.append(job())
-    manifest = ExportManifest(directory.resolve(), specs, entries)
-    write_manifest(manifest)
-    return manifest
-
-
-def _weights_entry(model: CCT, index: int, directory: Path, save: Any) -> FileEntry:
-    path = save(model, directory / f"member{index}.safetensors", **getattr(model, "facts", {}))
-    return file_entry(directory, path, format="safetensors", precision="fp32", scope=index, versions=_versions())
+            tqdm.write(f"writing {'committee' if scope == COMMITTEE else f'member{scope}'} {p}")
+        entries.append(export_scope_onnx(models, manifest.directory, scope, p))
+    return add_entries(manifest.directory, entries)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..artifacts import MANIFEST
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter
+from ..tables import format_table, write_json
 
 
 def load_members(sources: list[str], num_classes: int | None = None, seed: int = 0) -> list:
@@ -59,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="committee.json (or its dir), .safetensors files, or members with random weights: model names, "
         "a paper committee (table6:5) or name:field=value items (cct_2_3x5:heads=4)",
     )  # fmt: skip
-    p.add_argument("-o", "--out", type=Path, required=True, help="export directory (created)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="export directory (created; must be empty)")
+    p.add_argument(
+        "--force", action="store_true",
+        help="clear an earlier export in --out first (deletes only the files an export writes)",
+    )  # fmt: skip
     p.add_argument(
         "--precision", nargs="+", default=["fp32"], choices=["fp32", "fp16", "int8"],
         help="graphs to write; fp16 and int8 (ORT dynamic quantisation) are opt-in variants",
@@ -73,19 +77,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import format_table, write_json
     from .onnx import export_onnx
 
+    members = load_members(args.sources, args.num_classes, args.seed)
     try:
-        members = load_members(args.sources, args.num_classes, args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        manifest = export_onnx(members, args.out, args.precision, args.per_member, progress=not args.no_progress)
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        manifest = export_onnx(
+            members, args.out, args.precision, args.per_member, progress=not args.no_progress, force=args.force
+        )
+    except FileExistsError as err:
+        raise CliError.usage(str(err)) from None
+    except RuntimeError as err:
+        raise CliError(str(err)) from None
     rows = [
         [e.path, e.format, e.precision, e.scope, e.opset, (manifest.path_of(e).stat().st_size >> 10), e.sha256[:12]]
         for e in manifest.files

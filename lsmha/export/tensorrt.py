@@ -2,9 +2,7 @@
 
 The committee graph becomes ONE engine: all members and their sum, their
 independent branches free to run on TensorRT's auxiliary streams. The batch axis
-is dynamic within one optimisation profile (min/opt/max, `--profile 1,1,256`);
-the plan runs with `execute_async_v3` on torch CUDA buffers, allocated once at the
-profile's max batch and viewed at each call's batch (`IOBuffers`).
+is dynamic within one optimisation profile (min/opt/max, `--profile 1,1,256`).
 
 Precision, by TensorRT major version (`build_recipe`):
 - 11.x networks are always strongly typed: the precision is the ONNX file's types,
@@ -14,47 +12,104 @@ Precision, by TensorRT major version (`build_recipe`):
 fp32 plans clear TF32 so they meet the fp32 parity tolerance.
 
 A plan runs only on the TensorRT version and GPU compute capability that built it:
-both are recorded in the manifest entry and checked at load (`check_plan`), refusing
-a mismatch with the `lsmha-export tensorrt` command that rebuilds it. The timing
-cache (`tensorrt.timing.cache` in the export directory by default) is loaded and
-written back on each build, so rebuilds and member plans reuse measured tactics.
+both are recorded in the manifest entry and checked when the engine loads it
+(`lsmha.engine.backends.tensorrt_runtime`). The timing cache (`tensorrt.timing.cache`
+in the export directory by default) is loaded and written back on each build, so
+rebuilds and member plans reuse measured tactics.
 
 TensorRT is imported only inside the functions that need it; without it they raise
-`TensorRTUnavailable` naming the package to install.
+`TensorRTUnavailable` naming the package to install. The build recipe and plan names
+need no TensorRT and are tested everywhere.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifacts import COMMITTEE, FileEntry, file_entry
-from ..cli_help import HelpFormatter
-from .tensorrt_plan import (
+from ..artifacts import COMMITTEE, FileEntry, add_entries, file_entry, read_manifest
+from ..artifacts.compiled import (
     DEFAULT_PROFILE,
-    FORMAT,
-    INSTALL,
-    PRECISIONS,
-    TIMING_CACHE,
+    PLAN,
+    TENSORRT_INSTALL,
     BatchProfile,
-    BuildRecipe,
-    IOBuffers,
-    IOTensor,
-    PlanMismatch,
     TensorRTUnavailable,
-    build_recipe,
-    check_plan,
-    concrete_shapes,
     cuda_capability,
     import_tensorrt,
-    plan_name,
-    torch_dtype,
 )
 
-# -- build --------------------------------------------------------------------------------------
+PRECISIONS = ("fp32", "fp16", "bf16")
+TIMING_CACHE = "tensorrt.timing.cache"
+
+
+def major_version(version: str) -> int:
+    """10 for "10.13.0.35"; ValueError for anything that does not start with a number."""
+    head = str(version).split(".")[0]
+    if not head.isdigit():
+        raise ValueError(f"expected a TensorRT version like '10.13.0', got {version!r}")
+    return int(head)
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """How to get a plan of some precision out of this TensorRT.
+
+    Attributes:
+        onnx_precision: which ONNX file to parse ("fp32" or "fp16").
+        strongly_typed: build a strongly typed network (precision = the ONNX types).
+        flags: builder flags to set (TensorRT 10 weak typing: "FP16", "BF16").
+        clear_tf32: clear TF32 so an fp32 plan computes in true fp32.
+    """
+
+    onnx_precision: str
+    strongly_typed: bool
+    flags: tuple[str, ...] = ()
+    clear_tf32: bool = False
+
+
+def build_recipe(trt_version: str, precision: str, onnx_precisions: Iterable[str]) -> BuildRecipe:
+    """The recipe for a `precision` plan with TensorRT `trt_version`, given the precisions of the
+    ONNX files at hand. ValueError when this TensorRT cannot make it from those files (the
+    message says which `lsmha-export onnx` to run)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    have = set(onnx_precisions)
+    major = major_version(trt_version)
+    if major < 10:
+        raise ValueError(
+            f"TensorRT {trt_version} is too old: lsmha builds plans with TensorRT 10 or 11 ({TENSORRT_INSTALL})"
+        )
+    clear_tf32 = precision == "fp32"
+    if major >= 11:  # weak typing is gone: the ONNX types are the precision
+        if precision not in have:
+            hint = (
+                f"export it with `lsmha-export onnx ... --precision {precision}`"
+                if precision in ("fp32", "fp16")
+                else "lsmha writes fp32 and fp16 ONNX only; use --precision fp16"
+            )
+            raise ValueError(
+                f"TensorRT {trt_version} takes the precision from the ONNX types (strongly typed networks) and "
+                f"there is no {precision} ONNX file (have: {sorted(have) or 'none'}); {hint}"
+            )
+        return BuildRecipe(precision, strongly_typed=True, clear_tf32=clear_tf32)
+    if "fp32" in have:  # TensorRT 10: fp32 graph, reduced precision allowed by builder flags
+        flags = {"fp32": (), "fp16": ("FP16",), "bf16": ("BF16",)}[precision]
+        return BuildRecipe("fp32", strongly_typed=False, flags=flags, clear_tf32=clear_tf32)
+    if precision in have:
+        return BuildRecipe(precision, strongly_typed=True, clear_tf32=clear_tf32)
+    raise ValueError(
+        f"no ONNX file to build a {precision} plan from (have: {sorted(have) or 'none'}); run `lsmha-export onnx` first"
+    )
+
+
+def plan_name(scope: str | int, precision: str) -> str:
+    """`committee.fp16.plan`, `member0.fp32.plan`, ..."""
+    stem = COMMITTEE if scope == COMMITTEE else f"member{scope}"
+    return f"{stem}.{precision}.plan"
 
 
 def build_plan(
@@ -161,8 +216,6 @@ def export_tensorrt_dir(
     """
     from tqdm import tqdm
 
-    from ..artifacts import add_entries, read_manifest
-
     trt = import_tensorrt()
     manifest = read_manifest(directory)
     scopes: list[str | int] = list(range(len(manifest.specs))) if members else [COMMITTEE]
@@ -183,7 +236,7 @@ def export_tensorrt_dir(
             file_entry(
                 manifest.directory,
                 plan,
-                format=FORMAT,
+                format=PLAN,
                 precision=precision,
                 scope=scope,
                 inputs=source.inputs,
@@ -201,174 +254,3 @@ def export_tensorrt_dir(
         )
     add_entries(manifest.directory, entries)
     return entries
-
-
-# -- runtime ------------------------------------------------------------------------------------
-
-
-class TensorRTEngine:
-    """A deserialised plan with one execution context, run on torch CUDA tensors.
-
-    Args:
-        path: the `.plan` file.
-        entry: its manifest entry (checked against this TensorRT and GPU with `check_plan`).
-        directory: the export directory (for the rebuild command in errors).
-        device_index: CUDA device to run on.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike, entry: FileEntry, directory: str | os.PathLike, device_index: int = 0
-    ) -> None:
-        import torch
-
-        trt = import_tensorrt()
-        if not torch.cuda.is_available():
-            raise TensorRTUnavailable("running a TensorRT plan needs a CUDA device; torch sees none")
-        self.device = torch.device("cuda", device_index)
-        with torch.cuda.device(self.device):
-            check_plan(entry, directory, trt.__version__, cuda_capability(device_index))
-            self.entry = entry
-            self.profile = BatchProfile.from_dict(entry.extra["profile"])
-            self._logger = trt.Logger(trt.Logger.WARNING)
-            self._runtime = trt.Runtime(self._logger)
-            self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
-            if self.engine is None:
-                raise RuntimeError(f"TensorRT {trt.__version__} could not deserialise {path} (see its log above)")
-            self.context = self.engine.create_execution_context()
-            names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-            self.tensors = [
-                IOTensor(
-                    n,
-                    self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
-                    self.engine.get_tensor_dtype(n).name,
-                    tuple(self.engine.get_tensor_shape(n)),
-                )
-                for n in names
-            ]
-            inputs = [t for t in self.tensors if t.is_input]
-            if len(inputs) != 1:
-                raise RuntimeError(f"{path}: expected one input tensor, the engine has {[t.name for t in inputs]}")
-            self.input = inputs[0]
-            self.output_names = [t.name for t in self.tensors if not t.is_input]
-            self.buffers = IOBuffers(self.tensors, self.profile, self.device)
-
-    def __call__(self, images: Any) -> dict[str, Any]:
-        """(N, C, H, W) images (any device, float) -> output name -> CUDA tensor view, valid until the next call."""
-        import torch
-
-        batch = int(images.shape[0])
-        x = images.to(self.device, torch_dtype(self.input.dtype), non_blocking=True).contiguous()
-        shape = concrete_shapes([self.input], batch, self.profile)[self.input.name]
-        if tuple(x.shape) != shape:
-            raise ValueError(f"expected images of shape {shape} for {self.input.name}, got {tuple(x.shape)}")
-        outputs = self.buffers.outputs(batch)
-        self.context.set_input_shape(self.input.name, shape)
-        self.context.set_tensor_address(self.input.name, x.data_ptr())
-        for name, view in outputs.items():
-            self.context.set_tensor_address(name, view.data_ptr())
-        stream = torch.cuda.current_stream(self.device)
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed on {self.entry.path} at batch {batch}")
-        x.record_stream(stream)
-        return outputs
-
-
-def file_runner(path: Path, entry: FileEntry) -> Callable[[Any], dict[str, Any]]:
-    """For `lsmha.export.verify`: float32 NCHW numpy -> output name -> numpy. Raises
-    `BackendUnavailable` when TensorRT or a GPU is missing, or the plan is for another one."""
-    import numpy as np
-    import torch
-
-    from ..engine.backends import BackendUnavailable
-
-    try:
-        engine = TensorRTEngine(path, entry, path.parent)
-    except (TensorRTUnavailable, PlanMismatch) as err:
-        raise BackendUnavailable(str(err)) from err
-
-    def run(images: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {name: [] for name in engine.output_names}
-        step = engine.profile.max
-        for i in range(0, len(images), step):
-            chunk = engine(torch.from_numpy(images[i : i + step]))
-            for name, value in chunk.items():
-                out[name].append(value.float().cpu().numpy())
-        axis = {name: 1 if name == "member_logits" else 0 for name in out}
-        return {name: np.concatenate(parts, axis=axis[name]) for name, parts in out.items()}
-
-    return run
-
-
-# -- CLI ------------------------------------------------------------------------------------------
-
-
-def register(sub: Any) -> None:
-    """`lsmha-export tensorrt` (see `lsmha.export.cli`)."""
-
-    p = sub.add_parser(
-        "tensorrt",
-        help="build a TensorRT plan from the exported committee ONNX (or one per member)",
-        description=(
-            "Build a TensorRT plan in an export directory (made by `lsmha-export onnx`): the committee graph as "
-            "ONE engine, a dynamic batch within --profile, precision from the ONNX types on TensorRT 11 "
-            "(export --precision fp16 first) or builder flags on TensorRT 10, the timing cache reused. The plan's "
-            f"TensorRT version and GPU compute capability go into manifest.json and are checked at load. "
-            f"Needs a CUDA GPU and TensorRT: {INSTALL}."
-        ),
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("directory", type=Path, help="export directory (holding manifest.json and the ONNX files)")
-    p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="plan precision")
-    p.add_argument(
-        "--profile", default=DEFAULT_PROFILE.to_text(),
-        help="batch range min,opt,max (kernels tuned for opt), or one batch size",
-    )  # fmt: skip
-    p.add_argument("--members", action="store_true", help="one plan per member instead of the committee plan")
-    p.add_argument("--timing-cache", type=Path, default=None, help=f"timing cache file (default: DIR/{TIMING_CACHE})")
-    p.add_argument("--workspace-mib", type=int, default=None, help="builder workspace limit (default: TensorRT's)")
-    p.add_argument("--aux-streams", type=int, default=None, help="max auxiliary streams (default: TensorRT decides)")
-    p.add_argument("--json", type=Path, default=None, help="also write the new manifest entries to this file")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.set_defaults(func=run_cli)
-
-
-def run_cli(args: Any) -> int:
-    import sys
-
-    from ..artifacts import MANIFEST
-    from .cli import format_table, write_json
-
-    try:
-        profile = BatchProfile.parse(args.profile)
-    except ValueError as err:
-        print(f"error: --profile: {err}", file=sys.stderr)
-        return 2
-    for flag, value in (("--workspace-mib", args.workspace_mib), ("--aux-streams", args.aux_streams)):
-        if value is not None and value < 0:
-            print(f"error: {flag} must be >= 0, got {value}", file=sys.stderr)
-            return 2
-    if not (args.directory / MANIFEST).is_file():
-        print(
-            f"error: {args.directory} has no {MANIFEST}; run `lsmha-export onnx SOURCES -o {args.directory}`",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        entries = export_tensorrt_dir(
-            args.directory, precision=args.precision, profile=profile, members=args.members,
-            timing_cache=args.timing_cache, workspace_mib=args.workspace_mib, aux_streams=args.aux_streams,
-            progress=not args.no_progress,
-        )  # fmt: skip
-    except (TensorRTUnavailable, ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    rows = [
-        [e.path, e.precision, e.scope, BatchProfile.from_dict(e.extra["profile"]).to_text(), e.versions["tensorrt"],
-         e.extra["compute_capability"], e.extra["build_s"], "yes" if e.extra["timing_cache_reused"] else "no",
-         e.sha256[:12]]
-        for e in entries
-    ]  # fmt: skip
-    headers = ["file", "precision", "scope", "profile", "tensorrt", "cc", "build s", "cache reused", "sha256"]
-    print(format_table(headers, rows))
-    write_json(args.json, [e.to_dict() for e in entries])
-    return 0

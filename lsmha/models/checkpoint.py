@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .file_kind import file_kind
 from .model import CCT
@@ -36,10 +36,22 @@ def save(model: CCT, path: str | os.PathLike, **facts: Any) -> Path:
     metadata = {"format": FORMAT, "spec": model.spec.to_json(), "facts": facts_json}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(_sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
     os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a server run as another user must read it
     os.replace(tmp, path)
     return path
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """`data` (a safetensors file) with its metadata keys in sorted order. safetensors writes
+    them from a hash map, in an order that changes from run to run: the same model would
+    give files of different sha256."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # safetensors pads its header to 8 bytes (aligned tensor data)
+    return len(text).to_bytes(8, "little") + text + data[8 + size :]
 
 
 def _new_file_mode() -> int:

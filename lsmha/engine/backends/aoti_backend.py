@@ -22,11 +22,11 @@ def unavailable() -> str | None:
     try:
         import torch  # noqa: F401
 
-        from ...export.aoti import aoti_api
+        from .aoti_runtime import aoti_loader
     except ImportError as err:
         return f"AOTInductor needs torch>=2.6 (pip install 'torch>=2.6'): {err}"
     try:
-        aoti_api()
+        aoti_loader()
     except ImportError as err:
         return str(err)
     return None
@@ -77,7 +77,7 @@ def open(source: Source, device: str | None = None, precision: str = "fp32") -> 
     """
     import torch
 
-    from ...export.aoti import AotiPackage, PackageMismatch
+    from .aoti_runtime import AotiPackage, PackageMismatch
 
     if device is None:
         device = "cpu"

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: the exported committee graph (or one graph per member).
 
-Graph: each block's attention as one 3-D `Attention` node (`lsmha.export.rewrite`,
+Graph: each block's attention as one 3-D `Attention` node (`onnx_rewrite`,
 applied in memory, the file untouched). Session options: every graph optimisation
 (ORT_ENABLE_ALL), sequential execution, intra-op threads = physical cores,
 spinning threads, denormals as zero. On a machine with the CUDA provider the
@@ -82,7 +82,7 @@ class OnnxSession:
 
     With `rewrite` (default) the graph is loaded and each block's 4-D `Attention` with
     its Reshape/Transpose/Slice/Squeeze plumbing becomes one Split + 3-D `Attention`
-    (`lsmha.export.rewrite`; same arithmetic) before ORT's own optimisations; the
+    (`onnx_rewrite`; same arithmetic) before ORT's own optimisations; the
     file on disk, whose hash the manifest holds, is untouched.
     """
 
@@ -95,7 +95,7 @@ class OnnxSession:
         if rewrite:
             import onnx
 
-            from ...export.rewrite import attention_to_3d
+            from .onnx_rewrite import attention_to_3d
 
             proto, self.rewritten = attention_to_3d(onnx.load(str(path)))
             model = proto.SerializeToString()

@@ -19,7 +19,7 @@ PREFERENCE = ("fp16", "bf16", "fp32")  # precision taken when none is asked for
 
 
 def unavailable() -> str | None:
-    from ...export.tensorrt_plan import INSTALL
+    from ...artifacts.compiled import TENSORRT_INSTALL as INSTALL
 
     try:
         import torch
@@ -86,8 +86,8 @@ def open(source: Source, device: str | None = None, precision: str | None = None
     """
     import torch
 
-    from ...export.tensorrt import TensorRTEngine
-    from ...export.tensorrt_plan import PlanMismatch, TensorRTUnavailable
+    from ...artifacts.compiled import TensorRTUnavailable
+    from .tensorrt_runtime import PlanMismatch, TensorRTEngine
 
     if device is not None and not str(device).startswith("cuda"):
         raise BackendUnavailable(f"tensorrt backend runs on CUDA devices only, asked for device={device!r}")
