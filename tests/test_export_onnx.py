@@ -198,6 +198,7 @@ def test_reexport_into_an_existing_export_is_refused_unless_forced(exported, tmp
     assert len(manifest.specs) == 1 and "committee.fp16.onnx" not in {e.path for e in manifest.files}
 
 
+@pytest.mark.slow
 def test_identical_exports_are_identical_files(exported, tmp_path):
     """Every file of two exports of the same members hashes the same (the checkpoint metadata
     is written in sorted key order, not in the order of a hash map)."""

@@ -10,19 +10,17 @@ from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table, write_json
 from .aoti import MAX_BATCH, PRECISIONS, cannot_build, export_aoti_dir
 
+HELP = "compile the committee (or each member) into an AOTInductor .pt2 package"
+DESCRIPTION = (
+    "torch.export the committee graph (standardisation once, all members, their sum; dynamic batch) and "
+    "compile it with AOTInductor into committee.<device>.pt2 in an export directory (made by "
+    "`lsmha-export onnx`, or started here with --from). The package runs only on the torch build and "
+    "CPU ISA / GPU it was compiled for; both are recorded in manifest.json and checked at load."
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "aoti",
-        help="compile the committee (or each member) into an AOTInductor .pt2 package",
-        description=(
-            "torch.export the committee graph (standardisation once, all members, their sum; dynamic batch) and "
-            "compile it with AOTInductor into committee.<device>.pt2 in an export directory (made by "
-            "`lsmha-export onnx`, or started here with --from). The package runs only on the torch build and "
-            "CPU ISA / GPU it was compiled for; both are recorded in manifest.json and checked at load."
-        ),
-        formatter_class=HelpFormatter,
-    )
+    p = sub.add_parser("aoti", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json, or new with --from)")
     p.add_argument(
         "--from", dest="sources", nargs="+", default=None, metavar="SOURCE",

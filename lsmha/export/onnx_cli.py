@@ -43,17 +43,16 @@ def load_members(sources: list[str], num_classes: int | None = None, seed: int =
     return members
 
 
+HELP = "export a committee to ONNX (opset 23, fused Attention, one graph)"
+DESCRIPTION = (
+    "Write the committee as ONE ONNX graph (raw float32 pixels in, per-image standardisation inside, "
+    "members + Sum; outputs logits and member_logits), optionally one graph per member, each member's "
+    "weights as .safetensors, and manifest.json with sha256, opset, precision and versions."
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "onnx",
-        help="export a committee to ONNX (opset 23, fused Attention, one graph)",
-        description=(
-            "Write the committee as ONE ONNX graph (raw float32 pixels in, per-image standardisation inside, "
-            "members + Sum; outputs logits and member_logits), optionally one graph per member, each member's "
-            "weights as .safetensors, and manifest.json with sha256, opset, precision and versions."
-        ),
-        formatter_class=HelpFormatter,
-    )
+    p = sub.add_parser("onnx", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument(
         "sources", nargs="+",
         help="committee.json (or its dir), .safetensors files, or members with random weights: model names, "

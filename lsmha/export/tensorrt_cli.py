@@ -11,20 +11,18 @@ from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table, write_json
 from .tensorrt import PRECISIONS, TIMING_CACHE, export_tensorrt_dir
 
+HELP = "build a TensorRT plan from the exported committee ONNX (or one per member)"
+DESCRIPTION = (
+    "Build a TensorRT plan in an export directory (made by `lsmha-export onnx`): the committee graph as "
+    "ONE engine, a dynamic batch within --profile, precision from the ONNX types on TensorRT 11 "
+    "(export --precision fp16 first) or builder flags on TensorRT 10, the timing cache reused. The plan's "
+    "TensorRT version and GPU compute capability go into manifest.json and are checked at load. "
+    f"Needs a CUDA GPU and TensorRT: {TENSORRT_INSTALL}."
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "tensorrt",
-        help="build a TensorRT plan from the exported committee ONNX (or one per member)",
-        description=(
-            "Build a TensorRT plan in an export directory (made by `lsmha-export onnx`): the committee graph as "
-            "ONE engine, a dynamic batch within --profile, precision from the ONNX types on TensorRT 11 "
-            "(export --precision fp16 first) or builder flags on TensorRT 10, the timing cache reused. The plan's "
-            "TensorRT version and GPU compute capability go into manifest.json and are checked at load. "
-            f"Needs a CUDA GPU and TensorRT: {TENSORRT_INSTALL}."
-        ),
-        formatter_class=HelpFormatter,
-    )
+    p = sub.add_parser("tensorrt", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json and the ONNX files)")
     p.add_argument("--precision", default="fp16", choices=PRECISIONS, help="plan precision")
     p.add_argument(
