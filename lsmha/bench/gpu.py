@@ -209,8 +209,7 @@ def add_gpu_parser(sub: argparse._SubParsersAction) -> None:
     """`lsmha-bench gpu`: register this comparison as a subcommand."""
     p = sub.add_parser("gpu", help="fair stock PyTorch vs the cuda-graph engine on CUDA, one run",
                        description=__doc__, formatter_class=HelpFormatter)  # fmt: skip
-    add_arguments(p)
-    add_exit_codes(p)
+    add_arguments(p)  # the exit-code table comes with lsmha-bench's own (add_exit_codes on the whole parser)
     p.set_defaults(func=lambda args: run_command("lsmha-bench gpu", cmd_gpu, args))
 
 

@@ -35,12 +35,12 @@ DEFAULT_BATCHES = (1, 8, 64, 256)
 LEVERS: dict[str, dict[str, Any]] = {
     "stack=pad": {"stack": "pad"},
     "one graph": {"one_graph": True},
+    "sdpa=one": {"sdpa": "one"},
+    "bias=fused": {"bias": "fused"},
+    "input=float": {"input": "float"},
     "all levers": {"stack": "pad", "sdpa": "one", "bias": "fused", "one_graph": True},
     "compile=off": {"compile": "off"},
     "one stream": {"streams": False},
-    "input=float": {"input": "float"},
-    "sdpa=one": {"sdpa": "one"},
-    "bias=fused": {"bias": "fused"},
 }
 EXTRA_LEVERS: dict[str, dict[str, Any]] = {  # opt-in (--levers all): each compiles much, teaches little
     "stack=off": {"stack": "off"},
