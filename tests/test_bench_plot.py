@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from lsmha.bench.cli import main as bench_main
-from lsmha.bench.plot import _series, plot_latency
+from lsmha.bench.plot import _series, latency_figure, plot_latency
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -44,7 +44,18 @@ def test_documents_without_rows_or_baseline_are_refused(tmp_path, capsys):
         plot_latency({"rows": [_row("committee(x)", "torch", 1, 2.0)]}, tmp_path / "x.png")
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert bench_main(["plot", str(bad)]) == 1 and "cannot read" in capsys.readouterr().err
+    assert bench_main(["plot", str(bad)]) == 2 and "cannot read" in capsys.readouterr().err
     bad.write_text(json.dumps({"rows": []}))
-    assert bench_main(["plot", str(bad)]) == 1 and "no timed rows" in capsys.readouterr().err
+    assert bench_main(["plot", str(bad)]) == 2 and "no timed rows" in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_batch_1_only_result_gives_every_series_its_own_marker_and_colour():
+    pytest.importorskip("matplotlib")
+    rows = [_row("cct_7_3x1", b, 1, 1.0) for b in ("torch", "onnxruntime")]
+    rows += [_row(f"committee(table{t})", b, 1, 0.8, 0.8) for t in (5, 6) for b in ("torch", "onnxruntime")]
+    fig = latency_figure({"rows": rows})
+    left, right = fig.axes
+    for ax, series in ((left, 6), (right, 4)):
+        styles = [(line.get_marker(), line.get_color()) for line in ax.lines if not line.get_label().startswith("_")]
+        assert len(styles) == series == len(set(styles)), styles  # one point each: only marker and colour tell

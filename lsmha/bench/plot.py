@@ -1,7 +1,8 @@
 """`lsmha-bench plot`: a latency JSON (`lsmha-bench latency --json` or `lsmha-bench gpu`) as one PNG.
 
 Left: latency per call against batch size, one line per model and backend (the baseline
-solid, committees dashed, one colour per backend). Right: committee / baseline latency per
+solid, committees dashed; one colour per backend, one marker per model, so a result of a
+single batch size, one point per series, still tells them apart). Right: committee / baseline latency per
 backend and batch; below the line at 1 the committee is the faster one, so where a line
 crosses it is the crossover batch.
 """
@@ -10,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter
 
 BASELINE = "cct_7_3x1"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")  # the baseline gets the first
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
@@ -43,6 +44,18 @@ def plot_latency(doc: dict[str, Any], out: str | Path, baseline: str = BASELINE)
     Raises ValueError when the document has no timed rows or no baseline rows."""
     from ..analysis.plots import pyplot
 
+    fig = latency_figure(doc, baseline)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    pyplot().close(fig)
+    return out
+
+
+def latency_figure(doc: dict[str, Any], baseline: str = BASELINE):
+    """The two-panel matplotlib figure of a latency result document (see the module docstring)."""
+    from ..analysis.plots import pyplot
+
     rows = [r for r in doc.get("rows", []) if r.get("median_ms") is not None]
     if not rows:
         raise ValueError("no timed rows to plot (expected the JSON of `lsmha-bench latency --json` or `gpu`)")
@@ -51,14 +64,16 @@ def plot_latency(doc: dict[str, Any], out: str | Path, baseline: str = BASELINE)
     latency, ratio = _series(rows, "median_ms"), _series(rows, "ratio_vs_baseline")
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     colours = {b: f"C{i % 10}" for i, b in enumerate(backends)}
+    models = [baseline, *dict.fromkeys(r["model"] for r in rows if r["model"] != baseline)]
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(models)}
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
     for (model, backend), (batches, ms) in latency.items():
         style = "-" if model == baseline else "--"
-        left.plot(batches, ms, style, marker="o", color=colours[backend], label=f"{model}, {backend}")
+        left.plot(batches, ms, style, marker=markers[model], color=colours[backend], label=f"{model}, {backend}")
     for (model, backend), (batches, r) in ratio.items():
         if model != baseline:
-            right.plot(batches, r, "--", marker="o", color=colours[backend], label=f"{model}, {backend}")
+            right.plot(batches, r, "--", marker=markers[model], color=colours[backend], label=f"{model}, {backend}")
     right.axhline(1.0, color="black", linewidth=1)
     right.set_title(f"below the line at 1 the committee is faster than {baseline}", fontsize=9)
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -79,11 +94,7 @@ def plot_latency(doc: dict[str, Any], out: str | Path, baseline: str = BASELINE)
     left.set_ylabel("latency per call, ms (median)")
     right.set_ylabel(f"committee / {baseline} latency")
     fig.suptitle(_title(doc), fontsize=10)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def add_plot_parser(sub: argparse._SubParsersAction) -> None:
@@ -103,12 +114,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     try:
         doc = json.loads(args.result.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        print(f"error: cannot read {args.result}: {err}", file=sys.stderr)
-        return 1
+        raise CliError.usage(f"cannot read {args.result} (expected a bench JSON): {err}") from err
     try:
         out = plot_latency(doc, args.out or args.result.with_suffix(".png"), args.baseline)
-    except (ValueError, ImportError) as err:
-        print(f"error: {args.result}: {err}", file=sys.stderr)
-        return 1
+    except ValueError as err:
+        raise CliError.usage(f"{args.result}: {err}") from err
     print(f"wrote {out}")
     return 0
