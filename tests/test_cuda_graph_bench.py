@@ -94,9 +94,15 @@ def test_default_plan_runs_the_ratios_first_and_fits_420_s():
     assert len(rows) == len(set(rows))  # each row once
     levers = [job.name.startswith("lever") for job in jobs]
     assert all(levers[levers.index(True) :]) and levers.count(True) == len(gpu_plan.LEVERS)  # levers last
-    planned = gpu_plan.plan(jobs, _specs, budget_s=0.3)
-    assert gpu_plan.planned_total_s(planned) <= 420
-    assert all(seconds > 0 for _, seconds in planned)
+    planned = gpu_plan.plan(jobs, _specs, budget_s=0.3, limit_s=420)
+    assert gpu_plan.planned_total_s(planned) <= 420 and all(fits for *_, fits in planned)
+    assert all(seconds > 0 for _, seconds, _ in planned)
+    # a tighter limit drops a costly job and still fits a cheaper later one in the time left
+    names = [job.name for job in jobs]
+    costly = names.index("lever all levers")  # followed by the cheap "compile=off"
+    limit = gpu_plan.START_S + sum(seconds for _, seconds, _ in planned[: costly + 1]) - 1
+    fits = [f for *_, f in gpu_plan.plan(jobs, _specs, budget_s=0.3, limit_s=limit)]
+    assert fits[:costly] == [True] * costly and not fits[costly] and fits[names.index("lever compile=off")]
     assert not any(job.rows[0][0].group == "committee-10" for job in jobs)
     assert any(job.rows[0][0].group == "committee-10" for job in gpu_plan.default_jobs(table7=True))
 
@@ -130,8 +136,8 @@ def test_plan_cli_prints_jobs_estimates_and_total_on_any_machine(capsys):
     lines = out.splitlines()
     assert lines[2].split()[:2] == ["ratios", "*"]
     total = float(lines[-1].split()[1])
-    assert lines[-1].startswith("total: ") and total <= 420
-    assert "lever stack=pad" in out and "dropped" not in out
+    assert lines[-1].startswith("total: ") and total <= 420 and "0 job(s) dropped" in lines[-1]
+    assert "lever stack=pad" in out and "dropped " not in out
     assert gpu.main(["--plan", "--deadline", "100"]) == 0
     assert "dropped" in capsys.readouterr().out
 

@@ -219,11 +219,12 @@ def jobs_from_args(args: argparse.Namespace) -> list[Job]:
 
 
 def print_plan(jobs: list[Job], budget_s: float, deadline_s: float) -> None:
-    planned = gpu_plan.plan(jobs, _specs(GROUPS), budget_s)
+    planned = gpu_plan.plan(jobs, _specs(GROUPS), budget_s, deadline_s)
     print(gpu_plan.plan_table(planned, deadline_s))
-    total = gpu_plan.planned_total_s(planned)
+    total, dropped = gpu_plan.planned_total_s(planned), sum(not fits for *_, fits in planned)
     print(f"total: {total:.0f} s estimated (interpreter start {START_S:.0f} s included) for --deadline "
-          f"{deadline_s:.0f} s; * = the rows the committee/baseline ratios need", flush=True)  # fmt: skip
+          f"{deadline_s:.0f} s, {dropped} job(s) dropped; * = the rows the committee/baseline ratios need",
+          flush=True)  # fmt: skip
 
 
 def cmd_gpu(args: argparse.Namespace) -> int:

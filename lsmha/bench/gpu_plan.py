@@ -176,27 +176,38 @@ class Planner:
         return self._cost(job, commit=True)
 
 
-def plan(jobs: list[Job], specs_of: Callable[[str], list[CCTSpec]], budget_s: float) -> list[tuple[Job, float]]:
-    """Each job with its estimate, as if all ran in order."""
-    planner = Planner(specs_of, budget_s)
-    return [(job, planner.commit(job)) for job in jobs]
+def plan(
+    jobs: list[Job], specs_of: Callable[[str], list[CCTSpec]], budget_s: float, limit_s: float | None = None
+) -> list[tuple[Job, float, bool]]:
+    """Each job with its estimate and whether it fits: run in order as `lsmha-bench gpu` runs
+    them, a job that would end past `limit_s` (interpreter start included) dropped and the
+    next tried in the time left."""
+    planner, spent, out = Planner(specs_of, budget_s), START_S, []
+    for job in jobs:
+        seconds = planner.estimate(job)
+        fits = limit_s is None or spent + seconds <= limit_s
+        if fits:
+            planner.commit(job)
+            spent += seconds
+        out.append((job, seconds, fits))
+    return out
 
 
-def plan_table(planned: list[tuple[Job, float]], limit_s: float) -> str:
-    """The plan as a table: job, rows, estimate, cumulative time (interpreter start included),
+def plan_table(planned: list[tuple[Job, float, bool]], limit_s: float) -> str:
+    """The plan as a table: job, rows, estimate, cumulative time (interpreter start included)
     and whether it fits in `limit_s`."""
     lines, total = [], START_S
-    for job, seconds in planned:
-        total += seconds
+    for job, seconds, fits in planned:
+        total += seconds if fits else 0.0
         by_runner: dict[RunnerKey, list[int]] = {}
         for key, batch in job.rows:
             by_runner.setdefault(key, []).append(batch)
         rows = "; ".join(f"{k.group} {k.label} b{','.join(map(str, b))}" for k, b in by_runner.items())
-        fits = "yes" if total <= limit_s else "dropped"
-        lines.append([job.name + (" *" if job.required else ""), rows, round(seconds, 1), round(total, 1), fits])
+        name = job.name + (" *" if job.required else "")
+        lines.append([name, rows, round(seconds, 1), round(total, 1) if fits else None, "yes" if fits else "dropped"])
     return format_table(["job", "rows", "est. s", "cumulative s", f"fits {limit_s:.0f} s"], lines)
 
 
-def planned_total_s(planned: list[tuple[Job, float]]) -> float:
-    """Estimated seconds of the whole plan, interpreter start included."""
-    return START_S + sum(seconds for _, seconds in planned)
+def planned_total_s(planned: list[tuple[Job, float, bool]]) -> float:
+    """Estimated seconds of the jobs that fit, interpreter start included."""
+    return START_S + sum(seconds for _, seconds, fits in planned if fits)
