@@ -16,7 +16,7 @@
 #    2 and 3; a job starts only if its estimate fits (`lsmha-bench gpu --plan` shows them); at the hard
 #    limit (SIGTERM) it drops the running job and still writes its JSON (rewritten after every row);
 # 2. the GPU tests (`pytest -m gpu` on the files holding them, AOTInductor and analysis files left
-#    out), at most TESTS_S seconds (default 80), each test at most TEST_TIMEOUT_S (default 45);
+#    out), at most TESTS_S seconds (default 80), each test at most TEST_TIMEOUT_S (default 60);
 # 3. training throughput (`lsmha-bench train`, model-only step vs the augmented pipeline, bf16) for
 #    CCT-7/3x1 and CCT-2/3x2, at most TRAIN_S seconds (default 20), if that much is left;
 # 4. with AOTI=1 only: AOTInductor CUDA packages at batch 1 next to the cuda-graph engine (`lsmha-bench
@@ -34,7 +34,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1  # the log stays complete when a step is killed
 TOTAL_S=${TOTAL_S:-420}
 TESTS_S=${TESTS_S:-80}
-TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-45}
+TEST_TIMEOUT_S=${TEST_TIMEOUT_S:-60}
 TRAIN_S=${TRAIN_S:-20}
 AOTI=${AOTI:-0}
 AOTI_COMMITTEE=${AOTI_COMMITTEE:-cct_2_3x5,cct_2_3x5:heads=4}
