@@ -18,7 +18,7 @@ import torch
 import lsmha
 from lsmha.artifacts import read_committee
 from lsmha.metrics import accuracy
-from lsmha.training import committee_report
+from lsmha.training import committee_report, load_recipe
 from lsmha.training.cli import main
 from lsmha.training.evaluate import predict_logits
 from lsmha.training.state import load_state
@@ -69,7 +69,9 @@ def test_run_writes_checkpoint_logits_metrics_and_resume_of_finished_run_does_no
     assert main(["run", *TINY, *SYNTH, "--epochs", "2", "--out", str(out)]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert main(["run", *TINY, *SYNTH, "--epochs", "3", "--out", str(out), "--resume"]) == 2
-    assert "different recipe" in capsys.readouterr().err
+    assert "was started with recipe.epochs=2 (now 3)" in capsys.readouterr().err
+    assert main(["run", *TINY[:3], "64", *TINY[4:], *SYNTH, "--epochs", "2", "--out", str(out), "--resume"]) == 2
+    assert "was started with spec.dim=32 (now 64)" in capsys.readouterr().err
 
     fresh = tmp_path / "typo"  # --resume where no run is: said, then a fresh run
     assert main(["run", *TINY, *SYNTH, "--epochs", "1", "--out", str(fresh), "--resume"]) == 0
@@ -84,6 +86,9 @@ def test_run_writes_checkpoint_logits_metrics_and_resume_of_finished_run_does_no
         ([*TINY, "--dataset", "cifar100", "--data-dir", "{tmp}/absent"], "no complete CIFAR-100"),
         ([*TINY, "--set", "learning_rate=1e-3"], r"unknown recipe key(s) ['learning_rate']"),
         ([*TINY, "--recipe", "{tmp}/bad.toml"], r"unknown recipe key(s) ['warmup']"),
+        ([*TINY, "--set", "lr=abc"], "--set lr=abc: lr expects a float, got 'abc'"),
+        ([*TINY, "--set", "randaugment=maybe"], "randaugment expects true/false (or 1/0, yes/no), got 'maybe'"),
+        ([*TINY, "--set", "seed=abc"], "seed expects an int, got 'abc'"),
     ],
 )
 def test_bad_configuration_fails_before_training(tmp_path, capsys, args, message):
@@ -115,6 +120,8 @@ def test_committee_trains_members_writes_manifest_and_report(tmp_path, capsys):
     assert report["committee_accuracy"] == expected["committee_accuracy"] == doc["committee_accuracy"]
     assert report["mean_agreement"] == expected["mean_agreement"]
     assert f"{expected['committee_accuracy']:.4f}" in printed and "soft committee" in printed
+    epoch_lines = [line for line in printed.splitlines() if "epoch 1/1:" in line]
+    assert [line.split()[0] for line in epoch_lines] == [p.parent.name for p in paths]  # whose progress it is
     assert main(args) == 0  # every member finished: nothing retrained
     assert capsys.readouterr().out.count("already finished") == 2
 
@@ -125,6 +132,7 @@ def _launch(args: list[str], log: Path) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_continues_from_last_finished_epoch(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", *TINY, *SYNTH, "--epochs", "4", "--out", str(out)]
@@ -142,6 +150,7 @@ def test_resume_after_kill_9_continues_from_last_finished_epoch(tmp_path, capsys
     assert lsmha.load(out / "model.safetensors").facts["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_two_process_gloo_ddp_on_digits(tmp_path):
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -167,3 +176,70 @@ def test_throughput_measure_runs_real_steps():
     full = measure("cct_1_3x2", batch_size=8, device="cpu", augment=True, steps=2, warmup=1, **kw)
     assert bare.images_per_s > 0 and full.images_per_s > 0 and full.augment and not bare.augment
     assert bare.images_per_s_p10 <= bare.images_per_s <= bare.images_per_s_p90
+
+
+def test_digits_runs_the_digits_recipe_by_default_and_says_which_recipe_ran(tmp_path, capsys):
+    out = tmp_path / "d"
+    fast = ["--limit-train", "64", "--limit-val", "32", "--no-progress", "--epochs", "1"]
+    assert main(["run", *TINY, "--dataset", "digits", *fast, "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("recipe digits (preset):") and "epochs=1" in first and "lr=0.002" in first
+    recipe = json.loads((out / "run.json").read_text())["recipe"]
+    assert recipe == {**load_recipe("digits").to_dict(), "epochs": 1}
+    assert main(["run", *TINY, *SYNTH, "--epochs", "1", "--out", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.startswith("recipe backbone (preset):")
+
+
+def test_help_names_the_default_recipes_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "digits for --dataset digits, backbone otherwise" in text and "exit status: 0 ok" in text
+
+
+@pytest.mark.slow
+def test_default_digits_recipe_learns_in_its_few_epochs(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["run", *TINY, "--dataset", "digits", "--no-progress", "--out", str(out)]) == 0
+    rows = _metrics(out)
+    assert len(rows) == load_recipe("digits").epochs and rows[-1]["val_accuracy"] > 0.8  # chance is 0.1
+
+
+def _state_dicts_equal(a: Path, b: Path) -> bool:
+    sa, sb = lsmha.load(a).state_dict(), lsmha.load(b).state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_interrupted_run_says_how_to_resume_and_resumes_bit_identical(tmp_path):
+    args = ["run", *TINY, *SYNTH, "--epochs", "4"]
+    whole = subprocess.run([sys.executable, "-m", "lsmha.training.cli", *args, "--out", str(tmp_path / "whole")],
+                           env=ENV, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    proc = _launch([*args, "--out", str(out)], tmp_path / "log")
+    deadline = time.monotonic() + 240
+    while not (out / "train_state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    log = (tmp_path / "log").read_text
+    assert proc.wait() == 1, log()
+    assert "interrupted; run the same command with --resume to continue after the last finished epoch" in log()
+    assert load_state(out / "train_state.pt")["epoch"] < 4 and not (out / "model.safetensors").exists()
+    resumed = subprocess.run([sys.executable, "-m", "lsmha.training.cli", *args, "--out", str(out), "--resume"],
+                             env=ENV, capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert _state_dicts_equal(out / "model.safetensors", tmp_path / "whole" / "model.safetensors")
+    drop = ("images_per_s",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(out)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _metrics(tmp_path / "whole")
+    ]
+
+
+def test_devices_this_machine_lacks_are_environment_errors(tmp_path, capsys):
+    assert main(["run", *TINY, *SYNTH, "--device", "gpu0", "--out", str(tmp_path / "x")]) == 2
+    assert "--device expects auto, cpu, cuda or cuda:N, got 'gpu0'" in capsys.readouterr().err
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["run", *TINY, *SYNTH, "--device", "cuda", "--out", str(tmp_path / "x")]) == 3
+    assert "no CUDA device is available" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lsmha.models import PAPER_COMMITTEES, model_spec
 from lsmha.training import (
+    PRESETS,
     AugmentConfig,
     BatchAugment,
     EpochSchedule,
@@ -18,6 +19,7 @@ from lsmha.training import (
     load_recipe,
     soft_target_cross_entropy,
 )
+from lsmha.training.recipe import dataset_recipe, parse_overrides
 
 
 def test_presets_are_the_papers():
@@ -124,3 +126,61 @@ def test_packaged_committee_name_wins_over_a_directory_of_that_name(tmp_path, mo
     assert len(load_committee_config("digits4").members) == 4
     (tmp_path / "mine").write_text('[[members]]\nmodel = "cct_7_3x1"\n')  # a file without suffix is read
     assert [m.model for m in load_committee_config("mine").members] == ["cct_7_3x1"]
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("lr=abc", "--set lr=abc: lr expects a float, got 'abc'"),
+        ("weight_decay=abc", "weight_decay expects a float, got 'abc'"),
+        ("erasing=x", "erasing expects a float, got 'x'"),
+        ("label_smoothing=none", "label_smoothing expects a float, got 'none'"),
+        ("betas=0.9", "betas expects two floats (e.g. 0.9,0.999), got '0.9'"),
+        ("betas=a,b", "betas expects two floats (e.g. 0.9,0.999), got 'a,b'"),
+        ("warmup_epochs=abc", "warmup_epochs expects an int, got 'abc'"),
+        ("warmup_epochs=1.5", "warmup_epochs expects an int, got '1.5'"),
+        ("seed=abc", "seed expects an int, got 'abc'"),
+        ("randaugment=maybe", "randaugment expects true/false (or 1/0, yes/no), got 'maybe'"),
+        ("lr", "--set: expected KEY=VALUE, got 'lr'"),
+    ],
+)
+def test_overrides_are_parsed_by_field_type_and_bad_values_name_key_and_type(item, message):
+    with pytest.raises(ValueError) as err:
+        parse_overrides([item])
+    assert message in str(err.value)
+
+
+def test_overrides_accept_the_documented_spellings():
+    got = parse_overrides(["randaugment=no", "compile=YES", "betas=0.8,0.99", "lr=1e-3", "seed=7", "amp=bf16"])
+    assert got == {"randaugment": False, "compile": True, "betas": (0.8, 0.99), "lr": 1e-3, "seed": 7, "amp": "bf16"}
+    assert parse_overrides(["randaugment=1", "betas=[0.5, 0.9]", "lr=1"]) == {
+        "randaugment": True, "betas": (0.5, 0.9), "lr": 1.0
+    }  # fmt: skip
+    r = Recipe().replace(**parse_overrides(["lr=1", "warmup_epochs=2"]))
+    assert isinstance(r.lr, float) and r.warmup_epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"lr": "abc"}, "lr expects a float, got 'abc'"),
+        ({"randaugment": "maybe"}, "randaugment expects true/false"),
+        ({"epochs": 2.5}, "epochs expects an int, got 2.5"),
+        ({"seed": True}, "seed expects an int, got True"),
+        ({"betas": [0.9]}, "betas expects two floats"),
+    ],
+)
+def test_toml_values_of_the_wrong_type_name_key_and_type(doc, message):
+    with pytest.raises(ValueError) as err:
+        Recipe.from_dict(doc, where="r.toml")
+    assert "r.toml" in str(err.value) and message in str(err.value)
+
+
+def test_digits_preset_is_the_default_for_digits_and_the_digits4_recipe():
+    digits = load_recipe("digits")
+    assert (digits.name, digits.epochs, digits.lr, digits.batch_size) == ("digits", 6, 2e-3, 64)
+    assert (digits.randaugment, digits.erasing, digits.mix_prob) == (False, 0.0, 0.5)
+    assert dataset_recipe("digits") == "digits"
+    assert dataset_recipe("cifar100") == dataset_recipe("synthetic") == "backbone"
+    assert "digits" in PRESETS
+    assert Recipe.from_dict(load_committee_config("digits4").recipe) == digits

@@ -4,8 +4,9 @@
     lsmha-train committee --config table6 --dataset cifar100 --data-dir D --out runs/t6
     lsmha-train eval runs/x/model.safetensors --dataset cifar100 --data-dir D
 
-Runs under `torchrun --nproc-per-node N` unchanged. Exit 0 ok, 1 failure, 2 bad usage
-(every configuration error is found before training starts).
+Runs under `torchrun --nproc-per-node N` unchanged. Every configuration error is found
+before training starts. Without --recipe, a run gets its data set's preset: digits for
+--dataset digits, backbone otherwise; the first line printed says which recipe ran.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from ..models import model_spec
 from ..models.committees import parse_value
 from .committee import load_committee_config, member_runs, train_committee
 from .data import DATASETS, find_cifar100, num_classes
-from .distributed import init_distributed, shutdown
+from .distributed import DistContext, init_distributed, resolve_device, shutdown
 from .evaluate import evaluate_checkpoint
 from .loop import RunConfig, train
-from .recipe import Recipe, check_keys, load_recipe
+from .recipe import PRESETS, Recipe, dataset_recipe, load_recipe, parse_overrides
 from .state import STATE_FILE
 
-
-class UsageError(ValueError):
-    """Bad configuration: exit 2."""
+RESUME_HINT = {
+    "run": "run the same command with --resume to continue after the last finished epoch",
+    "committee": "run the same command again to continue: finished members are kept, the interrupted one resumes",
+}
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
@@ -37,16 +39,47 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
     for item in items:
         key, eq, value = item.partition("=")
         if not eq:
-            raise UsageError(f"{what}: expected key=value, got {item!r}")
+            raise CliError.usage(f"{what}: expected KEY=VALUE, got {item!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
 
 
-def _recipe(args: argparse.Namespace) -> Recipe:
-    changes = _recipe_overrides(args)
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    return load_recipe(args.recipe).replace(**changes)
+def _base_recipe(args: argparse.Namespace, table: dict[str, Any] | None = None) -> tuple[Recipe, str]:
+    """The recipe named by --recipe, else a committee config's [recipe] table, else the data set's
+    preset; and where it came from, for the line that says which recipe ran."""
+    if args.recipe is not None:
+        where = "preset" if args.recipe in PRESETS else "file"
+        return load_recipe(args.recipe), f"{args.recipe} ({where})"
+    if table:
+        return Recipe.from_dict(table, where=f"{args.config} [recipe]"), f"{args.config} [recipe]"
+    name = dataset_recipe(args.dataset)
+    return load_recipe(name), f"{name} (preset)"
+
+
+def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--set, then the options that name a recipe field (they win)."""
+    changes = parse_overrides(args.set, "--set")
+    for flag in ("batch_size", "lr", "weight_decay"):
+        if getattr(args, flag) is not None:
+            changes[flag] = getattr(args, flag)
+    if args.compile:
+        changes["compile"] = True
+    return changes
+
+
+def _device(name: str) -> str:
+    """`name` checked against this machine (a CUDA device where there is none is an environment error)."""
+    try:
+        return str(resolve_device(name))
+    except ValueError as err:
+        raise CliError.environment(str(err)) from err
+    except RuntimeError:  # torch's own parse error of the name
+        raise CliError.usage(f"--device expects auto, cpu, cuda or cuda:N, got {name!r}") from None
+
+
+def _start(args: argparse.Namespace) -> DistContext:
+    _device(args.device)
+    return init_distributed(args.device)
 
 
 def _check_data(args: argparse.Namespace) -> None:
@@ -54,12 +87,20 @@ def _check_data(args: argparse.Namespace) -> None:
         find_cifar100(args.data_dir)
 
 
-def _common(p: argparse.ArgumentParser, recipe_default: str | None = "backbone") -> None:
+def _common(p: argparse.ArgumentParser, committee: bool = False) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
     p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (python or binary layout)")
-    where = "" if recipe_default else " (default: the config's [recipe] table, else backbone)"
-    p.add_argument("--recipe", default=recipe_default, help=f"preset (backbone, head) or a TOML file{where}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    data_default = "the data set's preset: digits for --dataset digits, backbone otherwise"
+    where = f"the config's [recipe] table, else {data_default}" if committee else data_default
+    p.add_argument("--recipe", default=None, help=f"preset ({', '.join(PRESETS)}) or a TOML file (default: {where})")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override, parsed by the field's type (booleans true/false, 1/0, yes/no; betas 0.9,0.999); "
+        "repeatable",
+    )
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
@@ -107,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     com.add_argument("--first", type=int, default=None, help="only the first K members")
     com.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="CCTSpec override for all")
     com.add_argument("--out", type=Path, required=True, help="committee directory (members under members/)")
-    _common(com, recipe_default=None)
+    _common(com, committee=True)
 
     ev = sub.add_parser(
         "eval",
@@ -123,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
     ev.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ev.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the result as JSON")
-    return parser
+    return add_exit_codes(parser)
 
 
 def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
@@ -139,15 +180,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.heads is not None:
         overrides["heads"] = parse_value(args.heads)
     spec = model_spec(args.model, **{**overrides, "num_classes": num_classes(args.dataset)})
-    recipe = _recipe(args)
+    base, source = _base_recipe(args)
+    changes = _recipe_overrides(args)
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    recipe = base.replace(**changes)
     _check_data(args)
     cfg = RunConfig(
         spec, recipe, args.dataset, args.out, args.data_dir, args.limit_train, args.limit_val, args.resume,
         not args.no_progress,
     )  # fmt: skip
-    if args.resume and not (args.out / STATE_FILE).exists():
-        print(f"lsmha-train run: --resume: {args.out} holds no run yet; starting a fresh one", file=sys.stderr)
-    ctx = init_distributed(args.device)
+    ctx = _start(args)
+    if ctx.is_main:
+        print(f"recipe {source}: {recipe.describe()}", flush=True)
+        if args.resume and not (args.out / STATE_FILE).exists():
+            print(f"lsmha-train run: --resume: {args.out} holds no run yet; starting a fresh one", file=sys.stderr)
     try:
         result = train(cfg, ctx)
     finally:
@@ -178,12 +225,9 @@ def _cmd_committee(args: argparse.Namespace) -> int:
     config = load_committee_config(args.config)
     if args.first is not None:
         if not 1 <= args.first <= len(config.members):
-            raise UsageError(f"--first must be in 1..{len(config.members)}, got {args.first}")
+            raise CliError.usage(f"--first must be in 1..{len(config.members)}, got {args.first}")
         config = type(config)(config.name, config.members[: args.first], config.recipe, config.common)
-    if args.recipe is None:
-        base = Recipe.from_dict(config.recipe, where=f"{args.config} [recipe]")
-    else:
-        base = load_recipe(args.recipe)
+    base, source = _base_recipe(args, config.recipe)
     base = base.replace(**_recipe_overrides(args))
     _check_data(args)
     runs = member_runs(
@@ -191,7 +235,10 @@ def _cmd_committee(args: argparse.Namespace) -> int:
         data_dir=args.data_dir, limit_train=args.limit_train, limit_val=args.limit_val, resume=True,
         progress=not args.no_progress,
     )  # fmt: skip
-    ctx = init_distributed(args.device)
+    ctx = _start(args)
+    if ctx.is_main:
+        every = f" (epochs={args.epochs} for every member)" if args.epochs else ""
+        print(f"recipe {source}: {base.describe()}{every}", flush=True)
     try:
         report = train_committee(runs, args.out, ctx)
     finally:
@@ -203,24 +250,9 @@ def _cmd_committee(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    changes = _pairs(args.set, "--set")
-    for flag in ("batch_size", "lr", "weight_decay"):
-        if getattr(args, flag) is not None:
-            changes[flag] = getattr(args, flag)
-    if args.compile:
-        changes["compile"] = True
-    check_keys(changes, "--set")
-    return changes
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args)
-    device = args.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(args.device)
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.batch_size, device, args.limit_val)
     result.pop("logits")
     print(f"{'checkpoint':<12} {result['checkpoint']}")
@@ -235,14 +267,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "committee": _cmd_committee, "eval": _cmd_eval}[args.command]
-    try:
-        return handler(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"lsmha-train {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"lsmha-train {args.command}: interrupted; continue with --resume", file=sys.stderr)
-        return 1
+    return run_command(f"lsmha-train {args.command}", handler, args, RESUME_HINT.get(args.command, ""))
 
 
 if __name__ == "__main__":

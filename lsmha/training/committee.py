@@ -97,9 +97,8 @@ def member_runs(
         )
         n_epochs = epochs or m.epochs or base.epochs
         recipe = dataclasses.replace(base, epochs=n_epochs)
-        runs.append(
-            RunConfig(spec=spec, recipe=recipe, dataset=dataset, out=out / "members" / f"{i:02d}_{m.label()}", **run_kw)
-        )
+        name = f"{i:02d}_{m.label()}"  # its directory, and the prefix of its progress lines
+        runs.append(RunConfig(spec, recipe, dataset, out / "members" / name, name=name, **run_kw))
     return runs
 
 

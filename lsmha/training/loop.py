@@ -32,6 +32,8 @@ from .schedule import EpochSchedule
 from .state import STATE_FILE, gather_rng_states, load_state, save_state, set_rng_state
 
 MODEL_FILE = "model.safetensors"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class RunConfig:
         limit_train / limit_val: keep only the first N images (smoke runs, tests).
         resume: continue a run found in `out` (a finished run is left as it is).
         progress: show tqdm bars.
+        name: prefix of its progress lines (a committee member's name); not part of its identity.
     """
 
     spec: CCTSpec
@@ -58,6 +61,7 @@ class RunConfig:
     limit_val: int | None = None
     resume: bool = False
     progress: bool = True
+    name: str = ""
 
     def identity(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
@@ -96,23 +100,34 @@ def check_config(cfg: RunConfig) -> tuple[str, dict[str, Any] | None]:
             f"pass num_classes={expected}"
         )
     out = Path(cfg.out)
-    state_path, run_path = out / STATE_FILE, out / "run.json"
+    state_path, run_path = out / STATE_FILE, out / RUN_FILE
     if not state_path.exists():
         if (out / MODEL_FILE).exists():
             raise ValueError(f"{out} holds a model but no training state; choose another --out")
         return "fresh", None
     if not cfg.resume:
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    saved = json.loads(run_path.read_text()) if run_path.exists() else {}
-    mismatched = sorted(k for k, v in cfg.identity().items() if saved.get(k) != v)
-    if mismatched:
+    if not run_path.exists():
+        raise ValueError(f"{out} holds {STATE_FILE} but not {RUN_FILE} (the run's settings); choose another --out")
+    changed = _differences(json.loads(run_path.read_text()), cfg.identity())
+    if changed:
         raise ValueError(
-            f"--resume: {out} was started with a different {', '.join(mismatched)}; "
+            f"--resume: {out} was started with {'; '.join(changed)}; "
             "resume with the original settings or choose another --out"
         )
     state = load_state(state_path)
     done = int(state["epoch"]) >= cfg.recipe.epochs and (out / MODEL_FILE).exists()
     return ("finished" if done else "resume"), state
+
+
+def _differences(saved: Any, now: Any, where: str = "") -> list[str]:
+    """`field=saved (now value)` for every leaf that differs, fields named by their path (recipe.lr)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = list(now) + [k for k in saved if k not in now]
+        return [d for k in keys for d in _differences(saved.get(k), now.get(k), f"{where}{k}.")]
+    if saved == now:
+        return []
+    return [f"{where.rstrip('.')}={json.dumps(saved)} (now {json.dumps(now)})"]
 
 
 def _amp(recipe: Recipe, device: torch.device) -> bool:
@@ -129,6 +144,101 @@ def _place(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.pin_memory()
 
 
+@dataclass
+class _Training:
+    """What one run trains with: the model, its optimizer and schedule, the data, the sampler."""
+
+    cfg: RunConfig
+    ctx: DistContext
+    model: CCT
+    optimizer: torch.optim.Optimizer
+    schedule: EpochSchedule
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    net: torch.nn.Module | None = None  # the model as trained: under DDP and/or torch.compile
+    augment: BatchAugment | None = None
+    sampler: DistributedSampler | None = None
+    amp: bool = False
+
+    def say(self, text: str) -> None:
+        """A progress line from rank 0, prefixed with the run's name (a committee member's)."""
+        if self.ctx.is_main:
+            tqdm.write(f"{self.cfg.name} {text}" if self.cfg.name else text)
+
+
+def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
+    """Train (or resume, or find finished) the run described by `cfg`."""
+    ctx = ctx or DistContext()
+    mode, state = check_config(cfg)
+    if cfg.recipe.batch_size % ctx.world_size:
+        raise ValueError(f"batch_size={cfg.recipe.batch_size} is not divisible by the {ctx.world_size} processes")
+    if mode == "finished":
+        return _finished(cfg, ctx)
+    run = _build(cfg, ctx)
+    start = _restore(run, state)
+    _keep_metrics_upto(run, start)
+    _prepare(run)
+    val_logits = None
+    for epoch in range(start, cfg.recipe.epochs):
+        row, val_logits = _train_epoch(run, epoch)
+        _save_epoch(run, epoch, row)
+    return _finish(run, val_logits)
+
+
+def _finished(cfg: RunConfig, ctx: DistContext) -> TrainResult:
+    out = Path(cfg.out)
+    facts = load_facts(out / MODEL_FILE)
+    if ctx.is_main:
+        print(f"{out}: already finished ({cfg.recipe.epochs} epochs); nothing to do")
+    val_acc = float(facts.get("val_accuracy", float("nan")))
+    return TrainResult(out, out / MODEL_FILE, val_acc, cfg.recipe.epochs, True)
+
+
+def _build(cfg: RunConfig, ctx: DistContext) -> _Training:
+    """Load the data, record the run's settings, make the model, optimizer and schedule."""
+    train_x, train_y = load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.limit_train)
+    val_x, val_y = load_dataset(cfg.dataset, "val", cfg.data_dir, limit=cfg.limit_val)
+    barrier(ctx)  # every rank has checked the configuration before rank 0 writes
+    out, recipe = Path(cfg.out), cfg.recipe
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_FILE).write_text(json.dumps(cfg.identity(), indent=2) + "\n")
+    torch.manual_seed(recipe.seed)  # the same initial weights on every rank
+    model = CCT(cfg.spec).to(ctx.device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas
+    )
+    schedule = EpochSchedule(optimizer, recipe)
+    torch.manual_seed(recipe.seed * 1000 + ctx.rank + 1)  # augmentation differs per rank
+    return _Training(cfg, ctx, model, optimizer, schedule, train_x, train_y, val_x, val_y)
+
+
+def _restore(run: _Training, state: dict[str, Any] | None) -> int:
+    """Load a saved state into the run (weights, optimizer, schedule, RNGs); the first epoch to train."""
+    if state is None:
+        return 0
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.schedule.load_state_dict(state["schedule"])
+    rngs = state["rng"]
+    if len(rngs) == run.ctx.world_size:  # another process count keeps the fresh seeds
+        set_rng_state(rngs[run.ctx.rank], run.ctx.device)
+    start = int(state["epoch"])
+    if run.ctx.is_main:
+        print(f"{run.cfg.out}: resuming after epoch {start} of {run.cfg.recipe.epochs}")
+    return start
+
+
+def _keep_metrics_upto(run: _Training, epoch: int) -> None:
+    """Drop metrics lines of an epoch that was running when the process died."""
+    if run.ctx.is_main:
+        path = Path(run.cfg.out) / METRICS_FILE
+        history = _read_metrics(path, epoch)
+        path.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
 def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -141,136 +251,114 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
     return [r for r in rows if r["epoch"] <= upto]
 
 
-def train(cfg: RunConfig, ctx: DistContext | None = None) -> TrainResult:
-    """Train (or resume, or find finished) the run described by `cfg`."""
-    ctx = ctx or DistContext()
-    out, recipe, device = Path(cfg.out), cfg.recipe, ctx.device
-    mode, state = check_config(cfg)
-    if recipe.batch_size % ctx.world_size:
-        raise ValueError(f"batch_size={recipe.batch_size} is not divisible by the {ctx.world_size} processes")
-    if mode == "finished":
-        facts = load_facts(out / MODEL_FILE)
-        if ctx.is_main:
-            print(f"{out}: already finished ({recipe.epochs} epochs); nothing to do")
-        return TrainResult(out, out / MODEL_FILE, float(facts.get("val_accuracy", float("nan"))), recipe.epochs, True)
-    train_x, train_y = load_dataset(cfg.dataset, "train", cfg.data_dir, limit=cfg.limit_train)
-    val_x, val_y = load_dataset(cfg.dataset, "val", cfg.data_dir, limit=cfg.limit_val)
-    barrier(ctx)  # every rank has checked the configuration before rank 0 writes
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(cfg.identity(), indent=2) + "\n")
-
-    torch.manual_seed(recipe.seed)
-    model = CCT(cfg.spec).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas
-    )
-    schedule = EpochSchedule(optimizer, recipe)
-    torch.manual_seed(recipe.seed * 1000 + ctx.rank + 1)  # augmentation differs per rank
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        rngs = state["rng"]
-        if len(rngs) == ctx.world_size:
-            set_rng_state(rngs[ctx.rank], device)
-        start = int(state["epoch"])
-        if ctx.is_main:
-            print(f"{out}: resuming after epoch {start} of {recipe.epochs}")
-    history = _read_metrics(out / "metrics.jsonl", start) if ctx.is_main else []
-    if ctx.is_main:  # drop lines of an epoch that was running when the process died
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-
-    net: torch.nn.Module = model
+def _prepare(run: _Training) -> None:
+    """Wrap the model for DDP and torch.compile; set up augmentation, data placement and sampling."""
+    recipe, ctx = run.cfg.recipe, run.ctx
+    net: torch.nn.Module = run.model
     if ctx.distributed:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if recipe.compile:
         net = torch.compile(net)
-    amp = _amp(recipe, device)
-    augment = BatchAugment(recipe.augment_config(), cfg.spec.num_classes)
-    train_x = _place(train_x, device)
-    sampler = DistributedSampler(
-        train_y, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed, drop_last=False
+    run.net = net
+    run.amp = _amp(recipe, ctx.device)
+    run.augment = BatchAugment(recipe.augment_config(), run.cfg.spec.num_classes)
+    run.train_x = _place(run.train_x, ctx.device)
+    run.sampler = DistributedSampler(
+        run.train_y, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=recipe.seed, drop_last=False
     )
-    per_rank = recipe.batch_size // ctx.world_size
-    val_logits = None
-    for epoch in range(start, recipe.epochs):
-        sampler.set_epoch(epoch)
-        lr, wd = schedule.set_epoch(epoch)
-        indices = torch.tensor(list(sampler), dtype=torch.long)
-        batches = list(indices.split(per_rank))
-        if len(batches) > 1 and len(batches[-1]) < per_rank:
-            batches.pop()  # equal batches: CutMix/MixUp pair images within a batch
-        model.train()
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
-        t0 = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not (cfg.progress and ctx.is_main))
-        for step, idx in enumerate(bar):
-            x = train_x[idx.to(train_x.device)].to(device, non_blocking=True)
-            y = train_y[idx].to(device, non_blocking=True)
-            x, targets = augment(x, y)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(x)
-            loss = soft_target_cross_entropy(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n = y.shape[0]
-            sums += torch.stack(
-                [
-                    loss.detach().double() * n,
-                    (logits.argmax(1) == targets.argmax(1)).sum().double(),
-                    torch.tensor(n, dtype=torch.float64, device=device),
-                ]
-            )
-            if not bar.disable and step % 10 == 0:  # .item() waits for the GPU: not every step
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        sums = all_reduce_sum(ctx, sums)
-        train_time = time.perf_counter() - t0
-        val_logits = predict_logits(model, val_x, recipe.eval_batch_size, device, amp, ctx)
-        val_acc = accuracy(val_logits.numpy(), val_y.numpy())
-        val_loss = float(F.cross_entropy(val_logits, val_y))
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": float(sums[0] / sums[2]),
-            "train_accuracy": float(sums[1] / sums[2]),
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": lr,
-            "weight_decay": wd,
-            "images_per_s": float(sums[2]) / train_time,
-            "world_size": ctx.world_size,
-        }
-        rngs = gather_rng_states(ctx)
-        if ctx.is_main:
-            # metrics line first: a crash between the two redoes this epoch and rewrites its line
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_state(
-                out / STATE_FILE,
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "rng": rngs,
-                },
-            )
-            tqdm.write(
-                f"epoch {epoch + 1}/{recipe.epochs}: train loss {row['train_loss']:.4f}, "
-                f"val acc {val_acc:.4f}, lr {lr:.2e}, {row['images_per_s']:.0f} img/s"
-            )
-        barrier(ctx)
 
+
+def _epoch_batches(run: _Training, epoch: int) -> list[torch.Tensor]:
+    """This rank's index batches of `epoch`, all of one size (CutMix/MixUp pair images within a batch)."""
+    per_rank = run.cfg.recipe.batch_size // run.ctx.world_size
+    run.sampler.set_epoch(epoch)
+    batches = list(torch.tensor(list(run.sampler), dtype=torch.long).split(per_rank))
+    if len(batches) > 1 and len(batches[-1]) < per_rank:
+        batches.pop()
+    return batches
+
+
+def _train_epoch(run: _Training, epoch: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """One epoch of training, then validation: the metrics row and the validation logits."""
+    cfg, ctx, device = run.cfg, run.ctx, run.ctx.device
+    lr, wd = run.schedule.set_epoch(epoch)
+    batches = _epoch_batches(run, epoch)
+    run.model.train()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss·n, correct, n
+    t0 = time.perf_counter()
+    desc = f"{cfg.name} epoch {epoch + 1}/{cfg.recipe.epochs}".lstrip()
+    bar = tqdm(batches, desc=desc, disable=not (cfg.progress and ctx.is_main))
+    for step, idx in enumerate(bar):
+        x = run.train_x[idx.to(run.train_x.device)].to(device, non_blocking=True)
+        y = run.train_y[idx].to(device, non_blocking=True)
+        x, targets = run.augment(x, y)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits = run.net(x)
+        loss = soft_target_cross_entropy(logits.float(), targets)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        n = y.shape[0]
+        correct = (logits.argmax(1) == targets.argmax(1)).sum().double()
+        sums += torch.stack([loss.detach().double() * n, correct, torch.tensor(n, dtype=torch.float64, device=device)])
+        if not bar.disable and step % 10 == 0:  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    sums = all_reduce_sum(ctx, sums)
+    train_time = time.perf_counter() - t0
+    val_logits = _validate(run)
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": float(sums[0] / sums[2]),
+        "train_accuracy": float(sums[1] / sums[2]),
+        "val_loss": float(F.cross_entropy(val_logits, run.val_y)),
+        "val_accuracy": accuracy(val_logits.numpy(), run.val_y.numpy()),
+        "lr": lr,
+        "weight_decay": wd,
+        "images_per_s": float(sums[2]) / train_time,
+        "world_size": ctx.world_size,
+    }
+    return row, val_logits
+
+
+def _validate(run: _Training) -> torch.Tensor:
+    return predict_logits(run.model, run.val_x, run.cfg.recipe.eval_batch_size, run.ctx.device, run.amp, run.ctx)
+
+
+def _save_epoch(run: _Training, epoch: int, row: dict[str, Any]) -> None:
+    """Append the metrics line and rewrite the resumable state (rank 0), then wait for every rank."""
+    out = Path(run.cfg.out)
+    rngs = gather_rng_states(run.ctx)
+    if run.ctx.is_main:
+        # metrics line first: a crash between the two redoes this epoch and rewrites its line
+        with open(out / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        state = {
+            "epoch": epoch + 1,
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "schedule": run.schedule.state_dict(),
+            "rng": rngs,
+        }
+        save_state(out / STATE_FILE, state)
+        run.say(
+            f"epoch {epoch + 1}/{run.cfg.recipe.epochs}: train loss {row['train_loss']:.4f}, "
+            f"val acc {row['val_accuracy']:.4f}, lr {row['lr']:.2e}, {row['images_per_s']:.0f} img/s"
+        )
+    barrier(run.ctx)
+
+
+def _finish(run: _Training, val_logits: torch.Tensor | None) -> TrainResult:
+    """Write the validation logits and labels, the final checkpoint and result.json (rank 0)."""
+    cfg, out = run.cfg, Path(run.cfg.out)
     if val_logits is None:  # died after the last epoch's state, before the final save
-        val_logits = predict_logits(model, val_x, recipe.eval_batch_size, device, amp, ctx)
-    val_acc = accuracy(val_logits.numpy(), val_y.numpy())
-    if ctx.is_main:
+        val_logits = _validate(run)
+    val_acc = accuracy(val_logits.numpy(), run.val_y.numpy())
+    if run.ctx.is_main:
         np.save(out / "val_logits.npy", val_logits.numpy().astype(np.float32))
-        np.save(out / "val_labels.npy", val_y.numpy())
-        facts = {"dataset": cfg.dataset, "epochs": recipe.epochs, "val_accuracy": val_acc, "recipe": recipe.to_dict()}
-        save(model, out / MODEL_FILE, **facts)
-        (out / "result.json").write_text(json.dumps({**facts, "world_size": ctx.world_size}, indent=2) + "\n")
-    barrier(ctx)
-    return TrainResult(out, out / MODEL_FILE, val_acc, recipe.epochs, False)
+        np.save(out / "val_labels.npy", run.val_y.numpy())
+        facts = {"dataset": cfg.dataset, "epochs": cfg.recipe.epochs, "val_accuracy": val_acc}
+        facts["recipe"] = cfg.recipe.to_dict()
+        save(run.model, out / MODEL_FILE, **facts)
+        (out / "result.json").write_text(json.dumps({**facts, "world_size": run.ctx.world_size}, indent=2) + "\n")
+    barrier(run.ctx)
+    return TrainResult(out, out / MODEL_FILE, val_acc, cfg.recipe.epochs, False)
