@@ -9,7 +9,6 @@ same input and give the same outputs (`io_tensors`).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -26,8 +25,7 @@ class _Body(nn.Module):
 
     def __init__(self, model: CCT, dtype: torch.dtype) -> None:
         super().__init__()
-        body = copy.deepcopy(model).eval()
-        body.standardize = nn.Identity()  # done once, in float32, by the graph
+        body = model.without_standardize().eval()  # standardised once, in float32, by the graph
         self.model = body.to(dtype)
         self.dtype = dtype
 
