@@ -180,7 +180,7 @@ def quantize_int8(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     overflows it, so full-range weights give saturated, wrong sums. On the trained
     digits committee `lsmha-export verify` measured relative logit error 0.117 for the
     8-bit per-tensor variant and 0.012 for this one, at the same speed on a 2-core AVX2
-    machine (README, "What the numbers say")."""
+    machine (docs/export.md)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
