@@ -1,4 +1,4 @@
-"""AOTInductor packages: ONE compile per session (a tiny 3-member committee, module fixture),
+"""AOTInductor packages: ONE compile per test run (a tiny 3-member committee, module fixture),
 reloaded in a fresh process and in this one, checked against torch fp32; the version/ISA/GPU
 checks and the CLI's usage errors need no compile."""
 
