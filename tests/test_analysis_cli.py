@@ -60,6 +60,7 @@ def shp(ck, out, *extra):
     )
 
 
+@pytest.mark.slow
 def test_end_to_end_tables_figures_and_resume(trained, tmp_path, capsys, monkeypatch):
     ck, acc = trained
     assert acc > 0.4  # the backbone learned something (chance is 0.1)
@@ -120,15 +121,30 @@ def test_output_truncation_measures_after_the_block(trained, tmp_path, capsys):
     assert (out / "blocks" / "block2_output.npz").is_file() and "truncated at output" in capsys.readouterr().out
 
 
-def test_bad_usage_exits_2_and_failures_exit_1(trained, tmp_path, capsys):
+def _exit_code(call) -> int:
+    try:
+        return call()
+    except SystemExit as done:  # argparse's own checks (choices, types) exit from parse_args
+        return done.code
+
+
+def test_bad_usage_and_bad_input_files_exit_2(trained, tmp_path, capsys):
     ck, _ = trained
-    for bad in (["--blocks", "3"], ["--blocks", "2-1"], ["--threshold", "1.5"], ["--at", "qkv"]):
-        with pytest.raises(SystemExit) as exc:
-            shp(ck, tmp_path / "x", *bad)
-        assert exc.value.code == 2
-    assert "model has blocks 1..2" in capsys.readouterr().err
-    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--out", "x"]) == 1
+    for bad in (["--blocks", "3"], ["--blocks", "2-1"], ["--threshold", "1.5"], ["--at", "qkv"], ["--batch-size", "0"]):
+        assert _exit_code(lambda bad=bad: shp(ck, tmp_path / "x", *bad)) == 2, bad
+    err = capsys.readouterr().err
+    assert "model has blocks 1..2" in err and "--threshold values must lie in [0, 1), got [1.5]" in err
+    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--dataset", "digits", "--out", "x"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_thresholds_are_documented_and_refused_as_the_option_takes_them(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.3 0.6)" in text and "0.3,0.6" not in text and "exit status: 0 ok" in text
+    code = _exit_code(lambda: main(["--checkpoint", "c", "--out", "o", "--threshold", "0.3,0.6"]))
+    assert code == 2 and "give thresholds space-separated, e.g. --threshold 0.3 0.6" in capsys.readouterr().err
 
 
 def test_parse_blocks():

@@ -7,7 +7,7 @@ writes shp/shp_table.md, shp/shp_table.csv, shp/shp.json and shp/figures/*.png,
 and prints the tables. Each finished block is stored in shp/blocks/ and reused by
 a rerun with the same checkpoint, data and head settings, so an interrupted run
 resumes where it stopped; thresholds, tables and figures are recomputed from the
-stored blocks in seconds. Exit 0 ok, 1 failure, 2 bad usage.
+stored blocks in seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from .block import BlockResult, analyse_block
 from .clusters import block_row
 from .heads import HeadRecipe
@@ -28,6 +28,16 @@ from .matrices import hp_from_snp
 from .tables import csv_table, markdown_table, write_json
 
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+RESUME_HINT = "run the same command again to continue: finished blocks are kept in OUT/blocks/"
+
+
+def _threshold(text: str) -> float:
+    """One θ; `0.3,0.6` is refused with the form the option takes (values separated by spaces)."""
+    try:
+        return float(text)
+    except ValueError:
+        hint = "; give thresholds space-separated, e.g. --threshold 0.3 0.6" if "," in text else ""
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}{hint}") from None
 
 
 def parse_blocks(text: str, n_blocks: int) -> list[int]:
@@ -60,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="cifar100", choices=("cifar100", "digits", "synthetic"), help="data set")
     p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (cifar100 only)")
     p.add_argument("--blocks", default="all", help="blocks to analyse: all, M, A-B or 1,3,5-7")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.3, 0.6], help="thresholds θ in [0, 1)")
+    p.add_argument(
+        "--threshold", type=_threshold, nargs="+", default=[0.3, 0.6], metavar="θ", help="thresholds θ in [0, 1)"
+    )
     p.add_argument("--at", choices=("attn", "output"), default="attn", help="truncate after QKV attention or block")
     p.add_argument("--out", required=True, help="output directory (also holds the resumable per-block records)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON summary here")
@@ -83,35 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--recompute", action="store_true", help="ignore stored blocks and measure again")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    return add_exit_codes(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if any(not 0.0 <= t < 1.0 for t in args.threshold):
-        parser.error(f"--threshold values must lie in [0, 1), got {args.threshold}")
-    if args.head_epochs < 1 or args.batch_size < 1:
-        parser.error("--head-epochs and --batch-size must be >= 1")
-    try:
-        return run(args, parser)
-    except (FileNotFoundError, ValueError, ImportError, FloatingPointError) as err:
-        print(f"lsmha-shp: error: {err}", file=sys.stderr)
-        return 1
+    args = build_parser().parse_args(argv)
+    return run_command("lsmha-shp", run, args, RESUME_HINT)
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Measure (or reuse) every block, then write the tables, figures and JSON."""
     from lsmha.artifacts import sha256_file
     from lsmha.models import load
     from lsmha.training.data import load_dataset, num_classes
 
+    if any(not 0.0 <= t < 1.0 for t in args.threshold):
+        raise CliError.usage(f"--threshold values must lie in [0, 1), got {args.threshold}")
+    if args.head_epochs < 1 or args.batch_size < 1:
+        raise CliError.usage(
+            f"--head-epochs and --batch-size must be >= 1, got {args.head_epochs} and {args.batch_size}"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.checkpoint)
-    try:
-        blocks = parse_blocks(args.blocks, model.spec.n_blocks)
-    except ValueError as err:
-        parser.error(str(err))
+    blocks = parse_blocks(args.blocks, model.spec.n_blocks)  # a ValueError here is bad usage (2)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     cache_name = args.cache_dtype
@@ -140,20 +147,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 results.append(stored)
                 continue
             tqdm.write(f"block {block}: stored record was made with other settings; measuring again", file=sys.stderr)
-        result = analyse_block(
-            model,
-            train,
-            val,
-            block,
-            labels,
-            at=args.at,
-            recipe=recipe,
-            device=device,
-            cache_bytes=args.cache_gb * 2**30,
-            cache_dtype=cache_dtype,
-            progress=not args.quiet,
-            meta=meta,
-        )
+        try:
+            result = analyse_block(
+                model,
+                train,
+                val,
+                block,
+                labels,
+                at=args.at,
+                recipe=recipe,
+                device=device,
+                cache_bytes=args.cache_gb * 2**30,
+                cache_dtype=cache_dtype,
+                progress=not args.quiet,
+                meta=meta,
+            )
+        except FloatingPointError as err:  # the head diverged: the measurement failed, not the usage
+            raise CliError(f"block {block}: {err}") from err
         result.save(record)
         results.append(result)
 
