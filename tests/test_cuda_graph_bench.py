@@ -279,3 +279,9 @@ def test_recompile_limit_raises_within_the_run_only():
     with gpu.recompile_limit_raises():
         assert cfg.fail_on_recompile_limit_hit
     assert cfg.fail_on_recompile_limit_hit == before
+
+
+def test_plan_with_batch_1_only_times_each_ratio_row_once():
+    (first, *rest) = gpu_plan.default_jobs(batches=(1,))
+    assert len(first.rows) == len(set(first.rows)) == 4
+    assert all(b == 1 for job in [first, *rest] for _, b in job.rows)

@@ -92,7 +92,7 @@ def default_jobs(
     stock, engine = RunnerKey(BASELINE, STOCK), RunnerKey(BASELINE, ENGINE)
     c5_stock, c5_engine = RunnerKey("committee-5", STOCK_COMMITTEE), RunnerKey("committee-5", ENGINE)
     ratio_rows = [(stock, 1), (engine, 1), (c5_stock, 1), (c5_engine, 1), (c5_stock, big), (c5_engine, big)]
-    jobs = [Job("ratios", tuple(ratio_rows), required=True, rounds=3)]
+    jobs = [Job("ratios", tuple(dict.fromkeys(ratio_rows)), required=True, rounds=3)]  # --batch 1: once each
     rest = [b for b in batches if b not in (1, big)]
     jobs += [Job(f"{k.group} {k.label}", tuple((k, b) for b in rest + [big]), rounds=1) for k in (stock, engine)]
     jobs += [Job(f"{k.group} {k.label}", tuple((k, b) for b in rest), rounds=1) for k in (c5_stock, c5_engine)]
