@@ -283,5 +283,6 @@ def test_recompile_limit_raises_within_the_run_only():
 
 def test_plan_with_batch_1_only_times_each_ratio_row_once():
     (first, *rest) = gpu_plan.default_jobs(batches=(1,))
-    assert len(first.rows) == len(set(first.rows)) == 4
-    assert all(b == 1 for job in [first, *rest] for _, b in job.rows)
+    rows = [row for job in [first, *rest] for row in job.rows]
+    assert len(first.rows) == 4 and len(rows) == len(set(rows)) and all(b == 1 for _, b in rows)
+    assert [job.name for job in rest[:2]] == [f"{BASELINE} torch-bf16", "committee-5 torch-bf16"]

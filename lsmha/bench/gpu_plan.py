@@ -92,7 +92,7 @@ def default_jobs(
     stock, engine = RunnerKey(BASELINE, STOCK), RunnerKey(BASELINE, ENGINE)
     c5_stock, c5_engine = RunnerKey("committee-5", STOCK_COMMITTEE), RunnerKey("committee-5", ENGINE)
     ratio_rows = [(stock, 1), (engine, 1), (c5_stock, 1), (c5_engine, 1), (c5_stock, big), (c5_engine, big)]
-    jobs = [Job("ratios", tuple(dict.fromkeys(ratio_rows)), required=True, rounds=3)]  # --batch 1: once each
+    jobs = [Job("ratios", tuple(dict.fromkeys(ratio_rows)), required=True, rounds=3)]
     rest = [b for b in batches if b not in (1, big)]
     jobs += [Job(f"{k.group} {k.label}", tuple((k, b) for b in rest + [big]), rounds=1) for k in (stock, engine)]
     jobs += [Job(f"{k.group} {k.label}", tuple((k, b) for b in rest), rounds=1) for k in (c5_stock, c5_engine)]
@@ -104,7 +104,14 @@ def default_jobs(
         for runner in (STOCK_COMMITTEE, ENGINE):
             key = RunnerKey("committee-10", runner)
             jobs.append(Job(f"committee-10 {runner}", tuple((key, b) for b in batches)))
-    return [job for job in jobs if job.rows]
+    seen: set[tuple[RunnerKey, int]] = set()
+    unique = []
+    for job in jobs:  # each row once, in the first job that has it (e.g. --batch 1)
+        rows = tuple(row for row in job.rows if row not in seen)
+        seen.update(rows)
+        if rows:
+            unique.append(Job(job.name, rows, job.required, job.rounds))
+    return unique
 
 
 def _engine_graphs(specs: list[CCTSpec], options: dict[str, Any]) -> list[tuple[Hashable, int]]:
