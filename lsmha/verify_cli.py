@@ -29,7 +29,8 @@ def register(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("directory", type=Path, help="export directory (holding manifest.json)")
-    p.add_argument("--count", type=int, default=64, help="images per input set")
+    p.add_argument("--count", type=int, default=64, help="random images")
+    p.add_argument("--real-count", type=int, default=1024, help="real images at most (digits: its 359 all)")
     p.add_argument("--images", type=Path, default=None, help="a .npy file of real images, (N,H,W,C) or (N,C,H,W)")
     p.add_argument("--data-dir", default=None, help="where the checkpoints' data set lives (CIFAR-100)")
     p.add_argument("--seed", type=int, default=None, help="seed of the random images (default: fresh)")
@@ -40,10 +41,17 @@ def register(sub: Any) -> None:
 
 
 def run_cli(args: Any) -> int:
-    if args.count < 1:
-        raise CliError.usage(f"--count must be >= 1, got {args.count}")
+    for flag, value in (("--count", args.count), ("--real-count", args.real_count)):
+        if value < 1:
+            raise CliError.usage(f"{flag} must be >= 1, got {value}")
     rows = verify_export(
-        args.directory, args.count, args.seed, args.images, args.data_dir, progress=not args.no_progress
+        args.directory,
+        args.count,
+        args.seed,
+        args.images,
+        args.data_dir,
+        progress=not args.no_progress,
+        real_count=args.real_count,
     )
     headers = ["file", "runtime", "precision", "scope", "output", "inputs", "decisions", "max|diff|", "rel err",
                "top-1", "tol rel", "tol top-1", "result", "note"]  # fmt: skip

@@ -36,7 +36,7 @@ def copy(exported, tmp_path):
 
 
 def test_every_file_runs_on_its_runtimes_and_real_images_decide(exported):
-    rows = verify_export(exported, count=16, seed=3)
+    rows = verify_export(exported, count=16, seed=3, real_count=16)
     runtimes = {(r.file, r.runtime, r.precision) for r in rows}
     assert {("committee.onnx", "onnxruntime", "fp32"), ("committee.fp16.onnx", "onnxruntime", "fp16"),
             ("committee.onnx", "openvino", "fp32")} <= runtimes  # fmt: skip
@@ -51,7 +51,8 @@ def test_every_file_runs_on_its_runtimes_and_real_images_decide(exported):
 
 def test_cli_exits_zero_and_writes_the_rows(exported, tmp_path):
     report = tmp_path / "verify.json"
-    assert export_main(["verify", str(exported), "--count", "8", "--json", str(report), "--no-progress"]) == 0
+    args = ["verify", str(exported), "--count", "8", "--real-count", "8", "--json", str(report), "--no-progress"]
+    assert export_main(args) == 0
     assert {row["result"] for row in json.loads(report.read_text())} == {"ok", "info"}
 
 
@@ -82,7 +83,7 @@ def test_an_unknown_precision_is_an_error_not_fp16_tolerances(copy, capsys):
 def test_images_given_by_file_decide_and_noise_is_only_reported(exported, tmp_path):
     images, _ = load_dataset("digits", "val", limit=6)
     np.save(tmp_path / "mine.npy", images.numpy().transpose(0, 2, 3, 1))  # NHWC, as a user may have them
-    rows = verify_export(exported, count=8, seed=0, images=tmp_path / "mine.npy")
+    rows = verify_export(exported, count=8, seed=0, images=tmp_path / "mine.npy", real_count=8)
     assert {r.inputs for r in rows} == {"random", "mine"}
     assert all(r.result == "info" for r in rows if r.inputs == "random")
     mine = [r for r in rows if r.inputs == "mine"]
