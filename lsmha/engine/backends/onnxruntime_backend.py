@@ -11,12 +11,12 @@ actually holds.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..cpu import physical_cores
 from .base import BackendUnavailable, FileBackend, Source, pick_files
 
 NAME = "onnxruntime"
@@ -29,19 +29,6 @@ def unavailable() -> str | None:
     except ImportError:
         return "onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu for CUDA)"
     return None
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    cores = set()
-    for cpu in cpus:
-        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
-        try:
-            cores.add(siblings.read_text().strip())
-        except OSError:
-            cores.add(str(cpu))
-    return max(1, len(cores))
 
 
 def session_options(threads: int | None = None) -> Any:
