@@ -155,6 +155,7 @@ class CudaGraphCommittee:
         self.uint8_input = input == "uint8"
         self.buckets = batch_buckets(max_batch)
         self.program = StackedCommittee(models, stack=stack, sdpa=sdpa, bias=bias).to(self.device, dtype).eval()
+        self.program.requires_grad_(False)  # inference only: no autograd graph, whoever calls
         units = list(self.program.units)
         # no inductor CUDA graphs: the capture is the one graph; no fullgraph, so an older torch
         # that breaks a graph still runs (tests check there are no breaks)
