@@ -54,9 +54,15 @@ def _onnxruntime_runner(precision: str, description: str) -> RunnerFactory:
         from ..engine import Committee
         from ..export.onnx import export_onnx
 
-        tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-onnx-")  # lives as long as the runner
-        export_onnx(models, tmp.name, precisions=(precision,))
-        committee = Committee.load(tmp.name, backend="onnxruntime", precision=precision, device=device.type,
+        if precision == "fp32":  # the one export every runner of these members shares
+            from .cpu_runners import shared_export
+
+            tmp, directory = None, shared_export(models)
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-onnx-")  # lives as long as the runner
+            export_onnx(models, tmp.name, precisions=(precision,))
+            directory = tmp.name
+        committee = Committee.load(directory, backend="onnxruntime", precision=precision, device=device.type,
                                    batch_size=max(1, max_batch))  # fmt: skip
 
         def run(images: np.ndarray, _keep: object = tmp) -> np.ndarray:

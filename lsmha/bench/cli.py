@@ -10,15 +10,18 @@ from pathlib import Path
 
 import torch
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from ..models import committee_specs, parse_committee
-from .backends import BACKENDS, default_backends
+from .backends import CUDA_ONLY, RUNNERS, default_backends
 from .gpu import add_gpu_parser
-from .latency import crossover, machine_facts, rows_as_dicts, run_latency
+from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
 from .plot import add_plot_parser
 from .serve import add_serve_parser
 from .table import format_table
 from .train import add_train_parser
+
+CPU_BACKENDS = default_backends(torch.device("cpu"))
+CPU_COMMITTEES = ["cct_2_3x5,cct_2_3x5:heads=4", "table6:5"]  # with the baseline CCT-7/3x1: the CPU comparison
 
 
 def _int_list(text: str) -> list[int]:
@@ -48,9 +51,11 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--committee",
-        default="table6:5",
+        action="append",
+        default=None,
         help="members: a paper committee (table5, table6, table7), its first k (table6:5), "
-        "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1",
+        "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1; "
+        f"repeat to time several committees (default: {' and '.join(CPU_COMMITTEES)} on CPU, table6:5 on CUDA)",
     )
     p.add_argument(
         "--baseline", default="cct_7_3x1", help="the model the committee is compared against, name[:field=value...]"
@@ -59,7 +64,7 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         "--backend",
         type=_name_list,
         default=None,
-        help=f"comma-separated backends among {', '.join(BACKENDS)} (default: torch, onnxruntime on CPU; "
+        help=f"comma-separated backends among {', '.join(RUNNERS)} (default: {', '.join(CPU_BACKENDS)} on CPU; "
         "torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
     )
     p.add_argument(
@@ -71,6 +76,9 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument(
         "--budget", type=float, default=2.0, help="seconds of timed calls per row, all passes together (>= 5 calls)"
+    )
+    p.add_argument(
+        "--min-calls", type=int, default=5, help="timed calls per row at least, all passes together (3: a quicker run)"
     )
     p.add_argument(
         "--rounds",
@@ -86,36 +94,42 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
+        raise CliError.environment(
+            "--device cuda but torch sees no CUDA device (check nvidia-smi), or use --device cpu"
+        )
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     torch.set_num_threads(max(1, args.threads))
     try:
-        members = committee_specs(parse_committee(args.committee), num_classes=args.num_classes)
+        committees = args.committee or (CPU_COMMITTEES if device.type == "cpu" else ["table6:5"])
+        groups = {
+            f"committee({c})": committee_specs(parse_committee(c), num_classes=args.num_classes) for c in committees
+        }
         base_members = parse_committee(args.baseline)
         if len(base_members) != 1:
             raise ValueError(f"--baseline names one model, got {len(base_members)}: {args.baseline!r}")
         baseline = committee_specs(base_members, num_classes=args.num_classes)[0]
-        if args.rounds < 1 or args.budget <= 0:
-            raise ValueError(f"--rounds must be >= 1 and --budget > 0, got {args.rounds} and {args.budget}")
+        if args.rounds < 1 or args.min_calls < 1 or args.budget <= 0:
+            raise ValueError(
+                f"--rounds and --min-calls must be >= 1 and --budget > 0, got {args.rounds}, {args.min_calls} "
+                f"and {args.budget}"
+            )
         backends = args.backend or default_backends(device)
         for name in backends:
-            if name not in BACKENDS:
-                raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
-            if BACKENDS[name].cuda_only and device.type != "cuda":
+            if name not in RUNNERS:
+                raise ValueError(f"unknown backend {name!r}; known: {', '.join(RUNNERS)}")
+            if name in CUDA_ONLY and device.type != "cuda":
                 raise ValueError(f"backend {name!r} needs a CUDA device")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CliError.usage(str(err)) from None
     batches = args.batch or ([1, 8, 64, 256] if device.type == "cuda" else [1, 32])
-    committee_name = f"committee({args.committee})"
-    groups = {args.baseline: [baseline], committee_name: members}
+    groups = {args.baseline: [baseline], **groups}
     facts = machine_facts(device)
+    where = facts.get("gpu") or f"{facts['cpu_model']}, {facts['cpu_kind']}: {' '.join(facts['isa_flags']) or '-'}"
+    versions = ", ".join(f"{k} {facts[k]}" for k in ("torch", "onnxruntime", "openvino") if k in facts)
     print(
-        f"lsmha-bench latency on {facts['device']} ({facts.get('gpu', facts['cpu'])}, torch {facts['torch']}, "
-        f"{facts['threads']} threads); random weights; median of all calls over {args.rounds} interleaved passes, "
-        f"after {args.warmup} warm-up calls"
+        f"lsmha-bench latency on {facts['device']} ({where}; {versions}; {facts['threads']} threads); random "
+        f"weights; median of all calls over {args.rounds} interleaved passes, after {args.warmup} warm-up calls"
     )
     rows = run_latency(
         groups,
@@ -128,6 +142,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         args.seed,
         not args.no_progress,
         args.rounds,
+        args.min_calls,
     )
     headers = ["model", "members", "params", "GMAC/img", "paper layers", "backend", "batch", "median ms", "p90 ms"]
     headers += ["images/s", "TFLOP/s", "ratio"]
@@ -141,14 +156,27 @@ def cmd_latency(args: argparse.Namespace) -> int:
             ],
         )
     )
-    cross = crossover(rows, committee_name, args.baseline)
     print(f"ratio = latency / {args.baseline} latency, same backend and batch (< 1: faster than {args.baseline})")
-    for backend, batch in cross.items():
-        verdict = f"up to batch {batch}" if batch else "at none of the timed batches"
-        print(f"  {backend}: committee faster than {args.baseline} {verdict}")
+    cross = {}
+    for name in list(groups)[1:]:
+        cross[name] = crossover(rows, name, args.baseline)
+        for backend, batch in cross[name].items():
+            verdict = f"up to batch {batch}" if batch else "at none of the timed batches"
+            print(f"  {backend}: {name} faster than {args.baseline} {verdict}")
+    notes = {r.backend: r.note for r in rows if r.note}
+    for backend, note in notes.items():
+        print(f"  {backend}: {note}")
+    refs = [b for b in SPEEDUP_REFERENCES if b in backends]
+    speedups = speedup_rows(rows, refs)
+    if speedups:
+        print("speed-up = reference ms / backend ms, same model and batch (> 1: faster than the reference)")
+        headers = ["model", "batch", "backend"] + [f"x {ref}" for ref in refs]
+        table = [[d["model"], d["batch"], d["backend"]] + [d["speedup"].get(ref) for ref in refs] for d in speedups]
+        print(format_table(headers, table))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"facts": facts, "committee": args.committee, "crossover": cross, "rows": rows_as_dicts(rows)}
+        doc = {"facts": facts, "committees": committees, "crossover": cross, "speedups": speedups}
+        doc["rows"] = rows_as_dicts(rows)
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
@@ -162,12 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_gpu_parser(sub)
     add_train_parser(sub)
     add_plot_parser(sub)
-    return parser
+    return add_exit_codes(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command("lsmha-bench", args.func, args)
 
 
 if __name__ == "__main__":

@@ -6,18 +6,20 @@ committee / baseline is taken within the same run, backend and batch.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import importlib
 import platform
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ..models import CCT, CCTSpec, count_macs, count_params, layer_latency
-from .backends import BACKENDS, Runner, make_runner
+from .backends import RUNNERS, Runner, make_runner
 from .timing import Timing, time_call
 
 
@@ -97,32 +99,26 @@ def build_members(specs: list[CCTSpec], seed: int = 0) -> list[CCT]:
     return [CCT(s).eval() for s in specs]
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def machine_facts(device: torch.device) -> dict[str, Any]:
+    """Where a run happened: versions, device, and the CPU's model, kind and ISA flags (which decide
+    the CPU kernels, so every CPU number is recorded with them)."""
+    from ..engine.cpu import cpu_info, physical_cores
 
-
-def machine_facts(device: torch.device) -> dict[str, str]:
-    facts = {
+    cpu = cpu_info()
+    facts: dict[str, Any] = {
         "torch": torch.__version__,
         "device": str(device),
         "cpu": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu.model,
+        "cpu_kind": cpu.kind,
+        "isa_flags": list(cpu.flags or ()),
+        "physical_cores": str(physical_cores()),
         "threads": str(torch.get_num_threads()),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    try:
-        import onnxruntime
-
-        facts["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for package in ("onnxruntime", "openvino"):
+        with contextlib.suppress(ImportError):  # a package not installed is simply not listed
+            facts[package] = importlib.import_module(package).__version__.split("-")[0]
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
@@ -139,6 +135,7 @@ def run_latency(
     seed: int = 0,
     progress: bool = True,
     rounds: int = 3,
+    min_calls: int = 5,
 ) -> list[LatencyRow]:
     """Time every group (name -> member specs) on every backend and batch.
 
@@ -149,20 +146,21 @@ def run_latency(
 
     Args:
         groups: e.g. {"cct_7_3x1": [spec], "committee": [5 specs]}.
-        backends: names from `lsmha.bench.backends.BACKENDS`.
+        backends: names from `lsmha.bench.backends.RUNNERS`.
         batches: batch sizes.
         device: where to run.
         baseline: the group every other group's ratio is taken against.
-        budget_s: seconds of timed calls per row, over all passes (at least 5 calls).
+        budget_s: seconds of timed calls per row, over all passes (at least `min_calls` calls).
         rounds: passes over all rows.
+        min_calls: timed calls per row at least, over all passes (rounded up to whole passes).
     """
     for name in backends:
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+        if name not in RUNNERS:
+            raise ValueError(f"unknown backend {name!r}; known: {', '.join(RUNNERS)}")
     if baseline not in groups:
         raise ValueError(f"baseline {baseline!r} is not one of the timed groups {list(groups)}")
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if rounds < 1 or min_calls < 1:
+        raise ValueError(f"rounds and min_calls must be >= 1, got {rounds} and {min_calls}")
     rng = np.random.default_rng(seed)
     keys = [(g, b, n) for g in groups for b in backends for n in batches]
     bar = tqdm(total=len(keys) * (rounds + 1), desc="latency", disable=not progress, leave=False)
@@ -180,7 +178,7 @@ def run_latency(
                 inputs[group, backend, n] = runners[group, backend].prepare(images[n])
                 bar.update()
     samples: dict[tuple[str, str, int], list[float]] = {k: [] for k in keys}
-    per_round = -(-5 // rounds)
+    per_round = -(-min_calls // rounds)
     for r in range(rounds):
         for key in keys if r % 2 == 0 else keys[::-1]:
             group, backend, n = key
@@ -205,6 +203,25 @@ def crossover(rows: list[LatencyRow], group: str, baseline: str) -> dict[str, in
     for backend in dict.fromkeys(r.backend for r in rows):
         faster = [r.batch for r in rows if r.backend == backend and r.model == group and (r.ratio_vs_baseline or 2) < 1]
         out[backend] = max(faster) if faster else None
+    return out
+
+
+SPEEDUP_REFERENCES = ("torch", "openvino-stock")  # what a user has without lsmha's engine
+
+
+def speedup_rows(rows: list[LatencyRow], references: list[str] | tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per model, batch and backend: reference median ms / backend median ms for each reference
+    backend timed in the same run (> 1: the backend is faster)."""
+    by_key = {(r.model, r.batch, r.backend): r.median_ms for r in rows}
+    out = []
+    for r in rows:
+        speedup = {
+            ref: by_key[r.model, r.batch, ref] / r.median_ms
+            for ref in references
+            if ref != r.backend and (r.model, r.batch, ref) in by_key
+        }
+        if speedup:
+            out.append({"model": r.model, "batch": r.batch, "backend": r.backend, "speedup": speedup})
     return out
 
 
