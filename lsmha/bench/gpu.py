@@ -197,8 +197,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE_S,
                    help="seconds the run may take: a job starts only if its estimate fits")  # fmt: skip
     p.add_argument("--budget", type=float, default=0.3, help="seconds of timed calls per row, all rounds together")
-    p.add_argument("--levers", default="default", choices=["default", "all", "none"],
-                   help="engine levers at batch 1: the default set, with the costly extra ones, or none")  # fmt: skip
+    p.add_argument("--levers", default="main", choices=["main", "all", "none"],
+                   help="engine levers at batch 1: the main set, with the costly extra ones, or none")  # fmt: skip
     p.add_argument("--table7", action="store_true", help="also time the ten-member Table 7 committee")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--json", type=Path, default=None, help="write the result here (default: --results-dir/<card>...)")
@@ -214,7 +214,7 @@ def add_gpu_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def jobs_from_args(args: argparse.Namespace) -> list[Job]:
-    levers = {"default": tuple(LEVERS), "all": (*LEVERS, *EXTRA_LEVERS), "none": ()}[args.levers]
+    levers = {"main": tuple(LEVERS), "all": (*LEVERS, *EXTRA_LEVERS), "none": ()}[args.levers]
     return gpu_plan.default_jobs(tuple(args.batch), levers, args.table7)
 
 
