@@ -208,6 +208,10 @@ def test_sigterm_with_a_stalled_client_exits_0_within_the_shutdown_bound(serving
         p.proc.send_signal(signal.SIGTERM)
         assert p.proc.wait(timeout=30) == 0, p.log_text()[-3000:]
         assert time.monotonic() - start < 20, "the shutdown waited for the stalled body"
+        held.settimeout(10)
+        answer = b"".join(iter(lambda: held.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 503") and b"shutting down" in answer, answer
+        assert "Traceback" not in p.log_text(), p.log_text()[-3000:]
         held.close()
     finally:
         p.stop()

@@ -82,6 +82,7 @@ class CommitteeService:
         self.committee: Any = None
         self.spec: InputSpec | None = None
         self.ready = False
+        self.draining = False  # set by the server once its graceful-shutdown wait began
         self.failure: str | None = None
         self._decoder: ThreadPoolExecutor | None = None
 
@@ -311,6 +312,16 @@ def create_app(service: CommitteeService) -> FastAPI:
         except ShuttingDown as err:
             metrics.error("shutting_down")
             return _error(503, str(err), {"Retry-After": "1"})
+        except asyncio.CancelledError:
+            if not service.draining:
+                raise
+            # the shutdown bound is over and uvicorn cancels what still runs: answer it (the
+            # client may retry elsewhere) rather than leave one traceback per request in the log
+            asyncio.current_task().uncancel()
+            metrics.error("shutting_down")
+            log.info("request from %s cancelled: the shutdown wait is over", _peer(request))
+            closing = {"Retry-After": "1", "Connection": "close"}
+            return _error(503, "the server is shutting down; retry elsewhere", closing)
         except Exception as err:  # a failed batch: only its requests fail
             metrics.error("internal")
             log.exception("inference failed")

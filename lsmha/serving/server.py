@@ -49,6 +49,10 @@ class CommitteeServer(uvicorn.Server):
         )
         super().__init__(config)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.service.draining = True  # requests cancelled past the bound get a 503, not a traceback
+        await super().shutdown(sockets)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
