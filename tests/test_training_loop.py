@@ -126,10 +126,17 @@ def test_committee_trains_members_writes_manifest_and_report(tmp_path, capsys):
     assert capsys.readouterr().out.count("already finished") == 2
 
 
+def _default_sigint() -> None:
+    # a background shell starts its jobs with SIGINT ignored, and children inherit that; with the
+    # default disposition Python installs its own handler, so Ctrl-C is a KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _launch(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "lsmha.training.cli", *args], stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV
-    )
+        [sys.executable, "-m", "lsmha.training.cli", *args],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, preexec_fn=_default_sigint,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -214,7 +221,7 @@ def _state_dicts_equal(a: Path, b: Path) -> bool:
 def test_interrupted_run_says_how_to_resume_and_resumes_bit_identical(tmp_path):
     args = ["run", *TINY, *SYNTH, "--epochs", "4"]
     whole = subprocess.run([sys.executable, "-m", "lsmha.training.cli", *args, "--out", str(tmp_path / "whole")],
-                           env=ENV, capture_output=True, text=True, timeout=240)  # fmt: skip
+                           env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "cut"
     proc = _launch([*args, "--out", str(out)], tmp_path / "log")
@@ -227,7 +234,7 @@ def test_interrupted_run_says_how_to_resume_and_resumes_bit_identical(tmp_path):
     assert "interrupted; run the same command with --resume to continue after the last finished epoch" in log()
     assert load_state(out / "train_state.pt")["epoch"] < 4 and not (out / "model.safetensors").exists()
     resumed = subprocess.run([sys.executable, "-m", "lsmha.training.cli", *args, "--out", str(out), "--resume"],
-                             env=ENV, capture_output=True, text=True, timeout=240)  # fmt: skip
+                             env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert _state_dicts_equal(out / "model.safetensors", tmp_path / "whole" / "model.safetensors")
     drop = ("images_per_s",)

@@ -4,7 +4,7 @@ The paper's Appendix: AdamW, batch 128, soft-target cross-entropy, CutMix, MixUp
 RandAugment and Random Erasing; learning rate η AND weight decay α both annealed
 per epoch by cosine, unless a stepped schedule (q, Δt) is given, which multiplies
 η by q every Δt epochs. Presets: "backbone" (η 6e-4, α 6e-2), "head" (η 1e-3,
-α 6e-2, (0.78, 10)) and "digits" (the embedded digits set in 6 epochs).
+α 6e-2, (0.78, 10)) and "digits" (the embedded digits set in 12 epochs).
 """
 
 from __future__ import annotations
