@@ -62,10 +62,13 @@ def test_fp32_matches_torch_for_uint8_and_float_images(export):
     assert committee.backend == "openvino[CPU,fp32]"
     np.testing.assert_allclose(committee.member_logits(images), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(committee.predict_logits(images), want.sum(0), rtol=1e-4, atol=1e-4)
-    assert set(committee.runner.graphs) == {"uint8"}  # no float model compiled for uint8 callers
+    assert set(committee.runner.graphs) == {("uint8", "latency")}  # no float model compiled for uint8 callers
     as_float = committee.predict_logits(images.astype(np.float32) / 255)  # standardised inside: same logits
     np.testing.assert_allclose(as_float, want.sum(0), rtol=1e-4, atol=1e-4)
-    assert set(committee.runner.graphs) == {"uint8", "float32"}
+    assert set(committee.runner.graphs) == {("uint8", "latency"), ("float32", "latency")}
+    batch = np.concatenate([images] * 2)[: ovb.THROUGHPUT_FROM]  # mode auto: large batches on the streams
+    np.testing.assert_allclose(committee.member_logits(batch), reference(members, batch), rtol=1e-4, atol=1e-4)
+    assert ("uint8", "throughput") in committee.runner.graphs
     np.testing.assert_allclose(committee.predict_logits(images[:1]), want.sum(0)[:1], rtol=1e-4, atol=1e-4)
 
 
@@ -141,7 +144,7 @@ def test_refusals_name_what_to_do(export, tmp_path):
     source = load_source(directory)
     with pytest.raises(BackendUnavailable, match=r"CPU only.*'cuda'"):
         ovb.open(source, device="cuda")
-    with pytest.raises(BackendUnavailable, match=r"mode must be one of \('latency', 'throughput'\)"):
+    with pytest.raises(BackendUnavailable, match=r"mode must be one of \('auto', 'latency', 'throughput'\)"):
         ovb.open(source, mode="fast")
     with pytest.raises(BackendUnavailable, match=r"needs an export directory.*lsmha-export onnx"):
         ovb.open(Source(specs=[m.spec for m in members], models=members))
