@@ -9,12 +9,14 @@ from lsmha.engine import (
     AUTO_ORDER,
     BACKENDS,
     CPU_AUTO_ORDER,
+    CPU_F32_AUTO_ORDER,
     BackendUnavailable,
     Committee,
     Source,
     auto_order,
     open_backend,
 )
+from lsmha.engine.cpu import cpu_info
 from lsmha.models import CCT, CCTSpec, save
 
 
@@ -31,8 +33,11 @@ def checkpoints(tmp_path):
 def test_auto_order_and_registry():
     assert AUTO_ORDER == ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
     assert auto_order("cuda") == auto_order("cuda:1") == AUTO_ORDER
-    assert auto_order("cpu") == CPU_AUTO_ORDER == ("onnxruntime", "aoti", "torch")
-    assert auto_order(None) == (AUTO_ORDER if torch.cuda.is_available() else CPU_AUTO_ORDER)
+    assert auto_order("cpu", bf16=True) == CPU_AUTO_ORDER == ("openvino", "onnxruntime", "aoti", "torch")
+    assert auto_order("cpu", bf16=False) == CPU_F32_AUTO_ORDER == ("onnxruntime", "openvino", "aoti", "torch")
+    here = CPU_AUTO_ORDER if cpu_info().has_bf16 else CPU_F32_AUTO_ORDER
+    assert auto_order("cpu") == here
+    assert auto_order(None) == (AUTO_ORDER if torch.cuda.is_available() else here)
     assert {"torch", "onnxruntime"} <= set(BACKENDS)
     with pytest.raises(ValueError, match=r"unknown backend 'nope'; known: auto, .*onnxruntime.*torch"):
         open_backend("nope", Source(specs=[]))
@@ -97,4 +102,5 @@ def test_auto_hands_each_backend_only_its_options_and_logs_the_choice(checkpoint
         committee = Committee.load(root, backend="auto", threads=1, device="cpu")
     assert committee.backend == "torch[cpu]"
     (line,) = [r.getMessage() for r in caplog.records if "backend auto chose" in r.getMessage()]
-    assert "torch[cpu]" in line and "['threads'] do not apply" in line and "skipped onnxruntime:" in line
+    assert "torch[cpu]" in line and "['threads'] do not apply" in line
+    assert "; skipped " in line and "onnxruntime: " in line and "openvino: " in line

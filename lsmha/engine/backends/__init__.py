@@ -53,20 +53,32 @@ BACKENDS: dict[str, BackendKind] = {
     for m in (torch_backend, onnxruntime_backend, openvino_backend, aoti_backend, tensorrt_backend, cuda_graph_backend)
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
-# On a CPU, ONNX Runtime ran the Table 6 committee faster than the AOTInductor package in all
-# four interleaved runs, and CCT-7/3x1 in three of four (docs/performance.md).
-CPU_AUTO_ORDER: tuple[str, ...] = ("onnxruntime", "aoti", "torch")
+# On a CPU the order depends on whether it runs bf16 natively (docs/performance.md). With AMX
+# or AVX512_BF16, OpenVINO's bf16 committee graph beat ONNX Runtime fp32 on every row measured
+# (AMX Xeon 2.3-4.6x, AVX512_BF16 EPYC 1.2-3.9x). In f32, OpenVINO won on the AMX Xeon
+# (1.10-1.28x) but lost the committee rows on the EPYC (0.78-0.85x), so without bf16 ONNX
+# Runtime stays first; it beat the AOTInductor package on an AVX2 EPYC.
+CPU_AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime", "aoti", "torch")
+CPU_F32_AUTO_ORDER: tuple[str, ...] = ("onnxruntime", "openvino", "aoti", "torch")
 
 
-def auto_order(device: str | None = None) -> tuple[str, ...]:
-    """The backends `auto` tries, fastest first, for `device` (None: CUDA when torch sees one)."""
+def auto_order(device: str | None = None, bf16: bool | None = None) -> tuple[str, ...]:
+    """The backends `auto` tries, fastest first, for `device` (None: CUDA when torch sees one).
+
+    On a CPU, `bf16` says whether it has AMX or AVX512_BF16 (None: read /proc/cpuinfo)."""
     if device is None:
         import torch
 
         on_cpu = not torch.cuda.is_available()
     else:
         on_cpu = str(device) == "cpu"
-    return CPU_AUTO_ORDER if on_cpu else AUTO_ORDER
+    if not on_cpu:
+        return AUTO_ORDER
+    if bf16 is None:
+        from ..cpu import cpu_info
+
+        bf16 = bool(cpu_info().has_bf16)
+    return CPU_AUTO_ORDER if bf16 else CPU_F32_AUTO_ORDER
 
 
 def available_backends() -> dict[str, str | None]:
@@ -149,6 +161,7 @@ __all__ = [
     "AUTO_ORDER",
     "BACKENDS",
     "CPU_AUTO_ORDER",
+    "CPU_F32_AUTO_ORDER",
     "Backend",
     "BackendKind",
     "BackendUnavailable",
