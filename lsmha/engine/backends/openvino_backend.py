@@ -23,6 +23,7 @@ Measurements behind these choices: docs/performance.md.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -110,32 +111,27 @@ class CompiledGraph:
         self.pool: queue.Queue[Any] = queue.Queue()
         for _ in range(self.jobs):
             self.pool.put(self.compiled.create_infer_request())
-        self.outputs = [o.get_any_name() for o in self.compiled.outputs]
 
     def run(self, images: np.ndarray, output: int) -> np.ndarray:
-        """Output `output` (0: logits, 1: member_logits) for `images`, split over up to `jobs` requests."""
-        if self.jobs == 1 or len(images) == 1:
-            request = self.pool.get()
+        """Output `output` (0: logits, 1: member_logits) for `images`, split over the free requests."""
+        taken = [self.pool.get()]  # wait for one; take more only if free, so concurrent callers never deadlock
+        while len(taken) < min(self.jobs, len(images)):
             try:
-                request.infer({0: images}, share_inputs=True, share_outputs=True)
-                return request.get_output_tensor(output).data.copy()
-            finally:
-                self.pool.put(request)
-        chunks = np.array_split(images, min(self.jobs, len(images)))
-        taken = []
+                taken.append(self.pool.get_nowait())
+            except queue.Empty:
+                break
         try:
-            for chunk in chunks:
-                request = self.pool.get()
-                taken.append(request)
+            for request, chunk in zip(taken, np.array_split(images, len(taken)), strict=True):
                 request.start_async({0: chunk}, share_inputs=True)
             parts = []
             for request in taken:
                 request.wait()
                 parts.append(request.get_output_tensor(output).data.copy())
         finally:
-            for request in taken:
+            for request in taken:  # back to the pool only once idle: a started request still reads its chunk
+                request.wait()
                 self.pool.put(request)
-        return np.concatenate(parts, axis=output)  # the batch axis: 0 in logits, 1 in member_logits
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=output)  # batch axis: 0 or 1
 
 
 class OpenVinoBackend(Backend):
@@ -152,6 +148,7 @@ class OpenVinoBackend(Backend):
         self.num_members = num_members
         self.configs = {m: compile_config(precision, m, threads) for m in MODES[1:]}
         self.graphs: dict[tuple[str, str], CompiledGraph] = {}
+        self.compiling = threading.Lock()
         first = self._graph(np.uint8, THROUGHPUT_FROM if mode == "throughput" else 1).compiled
         runs = first.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # what the plugin settled on
         self.precision = "bf16" if runs == "bf16" else "fp32"
@@ -161,9 +158,10 @@ class OpenVinoBackend(Backend):
         """The compiled graph for images of `dtype` in batches of `batch`, compiled on first use."""
         kind = "uint8" if dtype == np.uint8 else "float32"
         mode = self.mode if self.mode != "auto" else ("throughput" if batch >= THROUGHPUT_FROM else "latency")
-        if (kind, mode) not in self.graphs:  # float images: the export's own float32 input
-            model = uint8_input(self.model) if kind == "uint8" else self.model
-            self.graphs[kind, mode] = CompiledGraph(self.core, model, self.configs[mode])
+        with self.compiling:  # concurrent first calls compile once
+            if (kind, mode) not in self.graphs:  # float images: the export's own float32 input
+                model = uint8_input(self.model) if kind == "uint8" else self.model
+                self.graphs[kind, mode] = CompiledGraph(self.core, model, self.configs[mode])
         return self.graphs[kind, mode]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
