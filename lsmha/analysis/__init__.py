@@ -1,4 +1,4 @@
-"""Single-head performance (SHP) analysis (paper §2, Tables 1-2, Figs. 3-4; DESIGN.md "SHP").
+"""Single-head performance (SHP) analysis (paper §2, Tables 1-2, Figs. 3-4; definitions in docs/shp.md).
 
 heads     frozen truncated tokens, the bias-free SeqPool + Linear classifier head, its training
 matrices  SHP matrices by silencing every other head's FC inputs; HP via averaged SNP matrices

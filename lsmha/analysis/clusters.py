@@ -1,4 +1,4 @@
-"""Clusters and statistics of SHP matrices (DESIGN.md, "SHP — exact definitions").
+"""Clusters and statistics of SHP matrices (definitions: docs/shp.md).
 
 For one head: B = M > θ (M normalised by its maximum). Clusters: the labels with
 B[i, i] = 1, in ascending order; each label not yet used seeds a cluster that
@@ -124,7 +124,7 @@ def head_stats(matrix: np.ndarray, theta: float) -> HeadStats:
 
 @dataclass(frozen=True)
 class Aggregate:
-    """Block-level signal and noise (DESIGN.md formulas)."""
+    """Block-level signal and noise (the formulas of docs/shp.md)."""
 
     n_label: float
     n_noise: float
