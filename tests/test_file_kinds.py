@@ -59,3 +59,14 @@ def test_a_json_document_of_another_format_names_both(files, tmp_path):
     with pytest.raises(ValueError, match=r"format 'something-else', expected 'lsmha-export-1'"):
         read_manifest(other)
     assert Committee.load(files["committee"]).predict(np.zeros((1, 16, 16, 3), np.uint8)).shape == (1,)
+
+
+def test_triton_and_bench_errors_use_the_exit_code_table(tmp_path, capsys):
+    from lsmha.bench.cli import main as bench_main
+    from lsmha.export.cli import main as export_main
+
+    assert export_main(["triton", str(tmp_path / "missing"), "--out", str(tmp_path / "repo")]) == 2
+    assert "lsmha-export: error: " in capsys.readouterr().err
+    assert bench_main(["serve", str(tmp_path), "--modes", "warp"]) == 2
+    assert "--modes among" in capsys.readouterr().err
+    assert bench_main(["train", "--model", "not_a_model"]) == 2

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter
 from .table import format_table
 
 
@@ -230,20 +230,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes or min(args.clients, args.requests, args.images) < 1 or args.images > args.max_batch:
-        print(
-            f"error: --modes among {', '.join(MODES)} (got {bad or modes}); --clients, --requests, --images >= 1; "
-            f"--images <= --max-batch",
-            file=sys.stderr,
+        raise CliError.usage(
+            f"--modes among {', '.join(MODES)} (got {bad or modes}); --clients, --requests, --images >= 1; "
+            f"--images <= --max-batch"
         )
-        return 2
     from ..engine import Committee
 
     options = {} if args.threads is None else {"threads": args.threads}
     try:
         committee = Committee.load(args.dir, args.backend, **options)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError.usage(str(err)) from err
+    except RuntimeError as err:  # no backend can run it here
+        raise CliError.environment(str(err)) from err
     rng = np.random.default_rng(args.seed)
     shape = (args.images, committee.img_size, committee.img_size, committee.in_chans)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(args.clients)]
@@ -267,8 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             proc = start_server(args.dir, port, common + servers[mode])
         except (RuntimeError, TimeoutError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            raise CliError(f"the {mode} server did not start: {err}") from err
         try:
             url = f"http://127.0.0.1:{port}"
             warm = min(args.requests, 4 * args.clients)  # connections and server paths warmed, not timed
@@ -300,6 +298,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     failed = sum(r.errors + r.mismatches for r in rows)
     if failed:
-        print(f"error: {failed} request(s) failed or disagreed with direct predict", file=sys.stderr)
-        return 1
+        raise CliError(f"{failed} request(s) failed or disagreed with direct predict")
     return 0

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter
 from .table import format_table
 
 
@@ -43,8 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.batch_size < 1 or args.steps < 1:
             raise ValueError(f"--batch-size and --steps must be >= 1, got {args.batch_size} and {args.steps}")
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CliError.usage(str(err)) from err
     results = {}
     for text, spec in zip(args.model, specs):
         results[text] = compare(

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import COMMITTEE, FileEntry, TensorInfo, read_manifest
-from ..cli_help import HelpFormatter
+from ..cli_help import CliError, HelpFormatter
 
 DEFAULT_NAME = "lsmha_committee"
 PLATFORMS = {"plan": ("tensorrt_plan", "model.plan"), "onnx": ("onnxruntime_onnx", "model.onnx")}
@@ -250,8 +249,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
             precision=args.precision,
         )
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise CliError.usage(str(err)) from err
     files = sorted(p.relative_to(args.out).as_posix() for p in model_dir.rglob("*") if p.is_file())
     print(f"wrote Triton model {args.name!r} to {model_dir}:")
     for f in files:
