@@ -12,12 +12,12 @@ import torch
 
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from ..models import committee_specs, parse_committee
+from ..tables import format_table
 from .backends import CUDA_ONLY, RUNNERS, default_backends
 from .gpu import add_gpu_parser
 from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
 from .plot import add_plot_parser
 from .serve import add_serve_parser
-from .table import format_table
 from .train import add_train_parser
 
 CPU_BACKENDS = default_backends(torch.device("cpu"))

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..engine.stacked import group_members
 from ..models import CCTSpec
-from .table import format_table
+from ..tables import format_table
 
 BASELINE = "cct_7_3x1"
 GROUPS: dict[str, str] = {BASELINE: "cct_7_3x1", "committee-5": "table6:5", "committee-10": "table7"}

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from ..tables import format_table
 from .gpu_plan import BASELINE, ENGINE, GROUPS, STOCK, STOCK_COMMITTEE
 from .latency import LatencyRow
-from .table import format_table
 
 # bf16 dense tensor-core peak (TFLOP/s, no sparsity), first match on the device name wins
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..cli_help import CliError, HelpFormatter
-from .table import format_table
+from ..tables import format_table
 
 
 @dataclass(frozen=True)

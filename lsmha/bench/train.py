@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter
-from .table import format_table
+from ..tables import format_table
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:

@@ -233,7 +233,6 @@ def add_triton_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_triton)
 
 
-register = add_triton_parser  # the hook `lsmha.export.cli` calls (listed there by module name)
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
