@@ -64,13 +64,22 @@ def time_call(
     budget_s: float = 2.0,
     warmup_s: float = 0.0,
     back_to_back: bool = False,
+    idle_s: float = 0.1,
 ) -> Timing:
     """Time `fn()` after `warmup` calls and then at least `warmup_s` seconds of calls (clocks
     and caches settle after a compile); repeat at least `min_repeats` times and until
     `budget_s` seconds or `max_repeats` calls. On CUDA each call is timed with its own pair
     of events (GPU time of the stream, launch overhead included). `back_to_back`: also time
-    calls queued without a sync (about a tenth of `budget_s` more, 5 to 200 calls)."""
+    calls queued without a sync (about a tenth of `budget_s` more, 5 to 200 calls).
+
+    On a CPU, `idle_s` seconds of sleep come first: runtimes in one process spin their worker
+    threads for a while after each call (ONNX Runtime's intra-op pool, OpenVINO's TBB arena),
+    and a row timed right after another runtime's row would share the cores with them
+    (Table 6 at batch 1, one call per runtime in turn: lsmha's OpenVINO backend ran at 0.89x
+    stock OpenVINO with no pause, 1.09x with 50 ms; ONNX Runtime itself 2.2x faster)."""
     cuda = str(device).startswith("cuda")
+    if not cuda and idle_s > 0:
+        time.sleep(idle_s)
     for _ in range(warmup):
         fn()
     settle = time.perf_counter()
