@@ -145,10 +145,10 @@ def test_bad_committee_strings():
         parse_committee("cct_2_3x2:dim")
 
 
-def test_the_readmes_member_notation_example_parses():
+def test_the_docs_member_notation_example_parses():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    example = re.search(r"Or name the members yourself: `([^`]+)`", readme).group(1)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    example = re.search(r"Or name the members yourself: `([^`]+)`", page).group(1)
     specs = committee_specs(parse_committee(example), num_classes=100)
     assert [(s.dim, s.heads) for s in specs] == [(1024, 64), (512, (4, 8))]
