@@ -62,14 +62,20 @@ def test_fp32_matches_torch_for_uint8_and_float_images(export):
     assert committee.backend == "openvino[CPU,fp32]"
     np.testing.assert_allclose(committee.member_logits(images), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(committee.predict_logits(images), want.sum(0), rtol=1e-4, atol=1e-4)
-    assert set(committee.runner.graphs) == {("uint8", "latency")}  # no float model compiled for uint8 callers
+    graphs = {("uint8", "single"), ("uint8", "latency")}  # batch 1 (compiled at load), and dynamic batches
+    assert set(committee.runner.graphs) == graphs  # no float model compiled for uint8 callers
     as_float = committee.predict_logits(images.astype(np.float32) / 255)  # standardised inside: same logits
     np.testing.assert_allclose(as_float, want.sum(0), rtol=1e-4, atol=1e-4)
-    assert set(committee.runner.graphs) == {("uint8", "latency"), ("float32", "latency")}
+    assert set(committee.runner.graphs) == graphs | {("float32", "latency")}
     batch = np.concatenate([images] * 2)[: ovb.THROUGHPUT_FROM]  # mode auto: large batches on the streams
     np.testing.assert_allclose(committee.member_logits(batch), reference(members, batch), rtol=1e-4, atol=1e-4)
     assert ("uint8", "throughput") in committee.runner.graphs
     np.testing.assert_allclose(committee.predict_logits(images[:1]), want.sum(0)[:1], rtol=1e-4, atol=1e-4)
+    single = committee.runner.graphs["uint8", "single"].compiled.input(0).get_partial_shape()
+    assert single.is_static and single[0].get_length() == 1  # one image a call: the static graph
+    np.testing.assert_allclose(committee.predict_logits(images[2:3].astype(np.float32)), want.sum(0)[2:3],
+                               rtol=1e-4, atol=1e-4)  # fmt: skip
+    assert ("float32", "single") in committee.runner.graphs
 
 
 @pytest.mark.skipif(not cpu_info().has_bf16, reason=f"this CPU has no AMX/AVX512_BF16 ({cpu_info().describe()})")

@@ -17,6 +17,9 @@ split over the free ones and run asynchronously, and concurrent calls share the 
 "auto" (default): latency below `THROUGHPUT_FROM` images a call, throughput from there
 (its graph compiled on the first such call): on 2 cores of an AVX512_BF16 EPYC the
 throughput graph ran batch 32 1.2-1.6x faster than stock OpenVINO's latency default.
+One image a call (a latency caller's usual case) runs a copy of the latency graph with
+its batch fixed at 1, which the plugin plans once for that shape: 1.02-1.34x the
+dynamic-batch graph at batch 1 there (CCT-7/3x1, 2 x CCT-2/3x5, Table 6; interleaved).
 Measurements behind these choices: docs/performance.md.
 """
 
@@ -155,14 +158,18 @@ class OpenVinoBackend(Backend):
         self.name = f"openvino[CPU,{self.precision}" + (",throughput]" if mode == "throughput" else "]")
 
     def _graph(self, dtype: Any, batch: int) -> CompiledGraph:
-        """The compiled graph for images of `dtype` in batches of `batch`, compiled on first use."""
+        """The compiled graph for images of `dtype` in batches of `batch`, compiled on first use:
+        "throughput", "latency", or "single" (the latency graph with its batch fixed at 1)."""
         kind = "uint8" if dtype == np.uint8 else "float32"
         mode = self.mode if self.mode != "auto" else ("throughput" if batch >= THROUGHPUT_FROM else "latency")
+        shape = "single" if mode == "latency" and batch == 1 else mode
         with self.compiling:  # concurrent first calls compile once
-            if (kind, mode) not in self.graphs:  # float images: the export's own float32 input
-                model = uint8_input(self.model) if kind == "uint8" else self.model
-                self.graphs[kind, mode] = CompiledGraph(self.core, model, self.configs[mode])
-        return self.graphs[kind, mode]
+            if (kind, shape) not in self.graphs:  # float images: the export's own float32 input
+                model = uint8_input(self.model) if kind == "uint8" else self.model.clone()
+                if shape == "single":
+                    model.reshape([1, *(d.get_length() for d in model.input(0).get_partial_shape()[1:])])
+                self.graphs[kind, shape] = CompiledGraph(self.core, model, self.configs[mode])
+        return self.graphs[kind, shape]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self._graph(images.dtype, len(images)).run(images, 0)
