@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 
 from lsmha.engine import Committee
 from lsmha.serving import BackgroundServer, CommitteeService, ServeConfig
@@ -355,3 +356,19 @@ def test_lsmha_serve_process_serves_and_refuses_bad_directories(export_dir, comm
         assert r.status_code == 200 and np.array_equal(decode_outputs(r.json())["label"], committee.predict(x))
     finally:
         stop_server(proc)
+
+
+def test_lsmha_serve_bad_options_are_usage_and_a_missing_backend_is_environment(export_dir, capsys):
+    from lsmha.serving.cli import main
+
+    for args, code, says in (
+        (["--port", "70000"], 2, "--port must be between 0 and 65535"),
+        (["--port", "-5"], 2, "--port must be between 0 and 65535"),
+        (["--backend", "nosuch"], 2, "unknown --backend 'nosuch'"),
+        (["--threads", "0"], 2, "threads must be between 1 and"),
+    ):
+        assert main([str(export_dir), *args]) == code, args
+        assert says in capsys.readouterr().err
+    if not torch.cuda.is_available():  # loading fails after the server starts: no device here
+        assert main([str(export_dir), "--backend", "tensorrt", "--port", "0", "--log-level", "error"]) == 3
+        assert "no CUDA device" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from .backends import (
     Source,
     auto_order,
     available_backends,
+    check_options,
     open_backend,
 )
 from .committee import Committee, check_compatible, load_source
@@ -31,6 +32,7 @@ __all__ = [
     "agreement_matrix",
     "auto_order",
     "available_backends",
+    "check_options",
     "check_compatible",
     "check_images",
     "load_source",

@@ -88,14 +88,21 @@ def serve(args: argparse.Namespace) -> int:
         from .server import CommitteeServer
     except ImportError as err:
         raise CliError.environment(f"{PROG} needs the serve extra: pip install 'lsmha[serve]' ({err})") from None
-    from ..engine import Committee, load_source
+    from ..engine import BACKENDS, BackendUnavailable, Committee, auto_order, check_options, load_source
 
     load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not 0 <= args.port <= 65535:
+        raise CliError.usage(f"--port must be between 0 and 65535, got {args.port}")
+    if args.backend != "auto" and args.backend not in BACKENDS:
+        raise CliError.usage(f"unknown --backend {args.backend!r}; known: auto, {', '.join(sorted(BACKENDS))}")
     options = {} if args.threads is None else {"threads": args.threads}
+    check_options(options, list(auto_order()) if args.backend == "auto" else [args.backend])  # before binding
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server: CommitteeServer | None = None
+    load_error: list[BaseException] = []
 
     def on_failure(err: BaseException) -> None:
+        load_error.append(err)
         if server is not None:
             server.should_exit = True
 
@@ -103,6 +110,10 @@ def serve(args: argparse.Namespace) -> int:
     server = CommitteeServer(service, host=args.host, port=args.port, log_level=args.log_level)
     server.run()
     if service.failure is not None:
+        if load_error and isinstance(load_error[0], BackendUnavailable):
+            raise CliError.environment(service.failure)  # no backend here can run it
+        if load_error and isinstance(load_error[0], (ValueError, TypeError)):
+            raise CliError.usage(service.failure)
         raise CliError(service.failure)
     return 0
 
