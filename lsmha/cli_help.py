@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -72,8 +73,6 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
     `CliError` keeps its code; `ValueError`, `FileNotFoundError`, `IsADirectoryError` and
     `TypeError` raised on bad input are usage errors (2); `ImportError` is an environment
     error (3); Ctrl-C is a failure (1), with `interrupted_hint` (e.g. how to resume)."""
-    import sys
-
     try:
         return int(handler(args) or EXIT_OK)
     except CliError as err:

@@ -62,6 +62,10 @@ def _tensorrt(path: Path, entry: FileEntry) -> FileRunner:
     return file_runner(path, entry)
 
 
+def _unrunnable(path: Path, entry: FileEntry) -> FileRunner:
+    raise BackendUnavailable(f"lsmha has no runtime for files of format {entry.format!r}")
+
+
 # format -> (runtime name, runner factory); a factory raises BackendUnavailable where it cannot run
 FILE_RUNNERS: dict[str, tuple[str, Callable[[Path, FileEntry], FileRunner]]] = {
     "onnx": ("onnxruntime", _onnxruntime),
@@ -227,14 +231,13 @@ def verify_export(
         sets[real[0]] = real[1]
     refs = {name: _reference(models, batch) for name, batch in sets.items()}
 
-    jobs: list[tuple[dict[str, Any], Any, Callable[[], FileRunner]]] = []
+    jobs: list[tuple[dict[str, Any], FileEntry, Callable[[], FileRunner]]] = []
     for entry in manifest.files:
         if entry.format == "safetensors":
             continue  # the reference itself
         base = dict(file=entry.path, precision=entry.precision, scope=str(entry.scope))
-        runtime, factory = FILE_RUNNERS.get(entry.format, (entry.format, None))
-        jobs.append(({**base, "runtime": runtime}, entry, (lambda f=factory, e=entry: f(manifest.path_of(e), e))
-                     if factory else None))  # fmt: skip
+        runtime, factory = FILE_RUNNERS.get(entry.format, (entry.format, _unrunnable))
+        jobs.append(({**base, "runtime": runtime}, entry, lambda f=factory, e=entry: f(manifest.path_of(e), e)))
         if entry.format == "onnx" and entry.scope == COMMITTEE and entry.precision == "fp32":
             for p in openvino_precisions():
                 jobs.append(({**base, "runtime": "openvino", "precision": p}, entry, lambda p=p: _openvino(source, p)))
@@ -242,8 +245,6 @@ def verify_export(
     rows: list[ParityRow] = []
     for base, entry, make in tqdm(jobs, desc="verify", disable=not progress):
         try:
-            if make is None:
-                raise BackendUnavailable(f"lsmha has no runtime for files of format {entry.format!r}")
             run = make()
         except (BackendUnavailable, ImportError) as err:
             rows.append(ParityRow(**base, result="skipped", note=str(err).splitlines()[0]))
