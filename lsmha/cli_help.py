@@ -71,7 +71,8 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
     """Run `handler(args)` and map its errors onto the exit-code table, one line on stderr each.
 
     `CliError` keeps its code; `ValueError`, `FileNotFoundError`, `IsADirectoryError` and
-    `TypeError` raised on bad input are usage errors (2); `ImportError` is an environment
+    `TypeError` raised on bad input are usage errors (2), unless the exception carries its own
+    `exit_code` (a data set that is not installed: 3); `ImportError` is an environment
     error (3); Ctrl-C is a failure (1), with `interrupted_hint` (e.g. how to resume)."""
     try:
         return int(handler(args) or EXIT_OK)
@@ -80,7 +81,7 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
         return err.code
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, TypeError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(err, "exit_code", EXIT_USAGE)  # a data set not installed says 3 itself
     except ImportError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT

@@ -21,10 +21,10 @@ from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from ..models import model_spec
 from ..models.committees import parse_value
 from .committee import load_committee_config, member_runs, train_committee
-from .data import DATASETS, find_cifar100, num_classes
+from .data import DATASETS, find_cifar100, find_fashion_mnist, num_classes
 from .distributed import DistContext, init_distributed, resolve_device, shutdown
 from .evaluate import evaluate_checkpoint
-from .loop import RunConfig, train
+from .loop import RunConfig, check_config, train
 from .recipe import PRESETS, Recipe, dataset_recipe, load_recipe, parse_overrides
 from .state import STATE_FILE
 
@@ -85,6 +85,8 @@ def _start(args: argparse.Namespace) -> DistContext:
 def _check_data(args: argparse.Namespace) -> None:
     if args.dataset == "cifar100":
         find_cifar100(args.data_dir)
+    elif args.dataset == "fashion-mnist":
+        find_fashion_mnist(args.data_dir)
 
 
 def _common(p: argparse.ArgumentParser, committee: bool = False) -> None:
@@ -146,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     com.add_argument("--config", required=True, help="committee TOML, or a packaged name (table4..7, digits4)")
     com.add_argument("--first", type=int, default=None, help="only the first K members")
+    com.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="I",
+        help="train only these members (0-based), e.g. in parallel processes; committee.json is written by a "
+        "later run without --only, which keeps the finished members",
+    )
     com.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE", help="CCTSpec override for all")
     com.add_argument("--out", type=Path, required=True, help="committee directory (members under members/)")
     _common(com, committee=True)
@@ -239,6 +250,23 @@ def _cmd_committee(args: argparse.Namespace) -> int:
     if ctx.is_main:
         every = f" (epochs={args.epochs} for every member)" if args.epochs else ""
         print(f"recipe {source}: {base.describe()}{every}", flush=True)
+    if args.only is not None:
+        bad = [i for i in args.only if not 0 <= i < len(runs)]
+        if bad:
+            raise CliError.usage(f"--only: member index {bad[0]} is not in 0..{len(runs) - 1}")
+        try:
+            for i in args.only:
+                check_config(runs[i])
+            for i in args.only:
+                train(runs[i], ctx)
+        finally:
+            shutdown(ctx)
+        if ctx.is_main:
+            print(
+                f"trained member(s) {', '.join(runs[i].name for i in args.only)}; run without --only to write "
+                f"{args.out / 'committee.json'}"
+            )
+        return 0
     try:
         report = train_committee(runs, args.out, ctx)
     finally:

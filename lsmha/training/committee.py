@@ -48,8 +48,12 @@ class Member:
     def label(self) -> str:
         heads = self.overrides.get("heads", "")
         heads = "-".join(map(str, heads)) if isinstance(heads, list | tuple) else heads
-        parts = [self.model] + [f"d{self.overrides['dim']}"] * ("dim" in self.overrides) + [f"h{heads}"] * bool(heads)
-        return "_".join(str(p) for p in parts)
+        parts = [self.model]
+        if "dim" in self.overrides:
+            parts.append(f"d{self.overrides['dim']}")
+        if heads:
+            parts.append(f"h{heads}")
+        return "_".join(parts)
 
 
 @dataclass(frozen=True)

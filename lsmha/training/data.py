@@ -1,5 +1,6 @@
-"""Data sets as in-memory uint8 tensors: CIFAR-100 from a local directory, the
-embedded digits set, and seeded synthetic images.
+"""Data sets as in-memory uint8 tensors: CIFAR-100 from a local directory,
+Fashion-MNIST from Debian's package (or a local directory), the embedded digits set,
+and seeded synthetic images.
 
 Every loader returns `(images, labels)`: images uint8 (N, 3, 32, 32), labels int64
 (N,). Nothing is downloaded; standardisation happens inside the model.
@@ -8,8 +9,11 @@ Every loader returns `(images, labels)`: images uint8 (N, 3, 32, 32), labels int
 from __future__ import annotations
 
 import functools
+import gzip
 import os
 import pickle
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("cifar100", "digits", "synthetic")
-SPLITS = ("train", "val")
+DATASETS = ("cifar100", "fashion-mnist", "digits", "synthetic")
+SPLITS = ("train", "val", "test")
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-100-python.tar.gz or cifar-100-binary.tar.gz)"
 _PYTHON_FILES = ("train", "test")
 _BINARY_FILES = ("train.bin", "test.bin")
@@ -31,7 +35,7 @@ def num_classes(name: str, **kw: Any) -> int:
     _check_name(name)
     if name == "cifar100":
         return 100
-    if name == "digits":
+    if name in ("digits", "fashion-mnist"):
         return 10
     return int(kw.get("num_classes", 10))
 
@@ -42,19 +46,27 @@ def load_dataset(
     """Images uint8 (N, 3, 32, 32) and labels int64 (N,) of one split.
 
     Args:
-        name: "cifar100" (needs `data_dir`), "digits" or "synthetic".
-        split: "train" or "val" ("test" is accepted as "val": CIFAR-100's test set
-            is the paper's validation set).
-        data_dir: directory holding CIFAR-100 in either official layout, or its parent.
+        name: "cifar100" (needs `data_dir`), "fashion-mnist", "digits" or "synthetic".
+        split: "train", "val" or "test". Fashion-MNIST has three: `train` 55,000 and
+            `val` 5,000 (a fixed seeded hold-out of the training file: selection,
+            calibration, early stopping) and `test` its 10,000 test images (final
+            figures only). The others have two, and "test" reads "val" (CIFAR-100's
+            test set is the paper's validation set).
+        data_dir: directory holding CIFAR-100 in either official layout, or its parent;
+            for Fashion-MNIST the directory of its IDX files (default: Debian's
+            /usr/share/datasets/fashion-mnist).
         **kw: `limit` (keep the first N images) for every set; `num_classes`,
             `size`, `seed` for "synthetic"; `labels="fine"|"coarse"` for "cifar100".
     """
     _check_name(name)
-    split = "val" if split == "test" else split
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS} (or 'test' for 'val')")
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if name != "fashion-mnist" and split == "test":
+        split = "val"
     limit = kw.pop("limit", None)
-    if name == "cifar100":
+    if name == "fashion-mnist":
+        images, labels = _load_fashion_mnist(split, data_dir, **kw)
+    elif name == "cifar100":
         images, labels = _load_cifar100(split, data_dir, **kw)
     elif name == "digits":
         images, labels = _load_digits(split, **kw)
@@ -177,3 +189,96 @@ def _load_synthetic(
     noise = torch.randn(size, 3, 32, 32, generator=gen) * 48
     images = (prototypes[labels] + noise).round().clamp(0, 255).to(torch.uint8)
     return images, labels
+
+
+# Fashion-MNIST: Debian's dataset-fashion-mnist package installs its four IDX files here.
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60000),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10000),
+}
+_FASHION_VAL = 5000
+_FASHION_SEED = 0
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049
+
+
+class DataSetMissing(FileNotFoundError):
+    """A data set's files are not on this machine: an environment error (exit 3), not bad usage."""
+
+    exit_code = 3
+
+
+def _idx_path(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _read_idx(path: Path, magic: int, count: int) -> np.ndarray:
+    """An IDX file's payload, checked: magic number, item count, item size and length."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{path}: cannot be read as {'gzip' if path.suffix == '.gz' else 'IDX'} ({err})") from None
+    dims = 3 if magic == _IDX_IMAGES else 1
+    header = 4 + 4 * dims
+    if len(raw) < header:
+        raise ValueError(f"{path}: {len(raw)} bytes, shorter than an IDX header ({header} bytes)")
+    found = struct.unpack(f">{1 + dims}I", raw[:header])
+    if found[0] != magic:
+        raise ValueError(
+            f"{path}: IDX magic number {found[0]}, expected {magic} ({'images' if dims == 3 else 'labels'})"
+        )
+    if found[1] != count:
+        raise ValueError(f"{path}: holds {found[1]} items, expected {count}")
+    if dims == 3 and found[2:] != (28, 28):
+        raise ValueError(f"{path}: images of {found[2]}x{found[3]} pixels, expected 28x28")
+    size = count * (28 * 28 if dims == 3 else 1)
+    if len(raw) - header != size:
+        raise ValueError(f"{path}: {len(raw) - header} bytes of data, expected {size} (truncated or padded file)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header)
+
+
+@functools.lru_cache(maxsize=2)
+def _fashion_part(root: str, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images_stem, labels_stem, count = _FASHION_FILES[part]
+    found = {stem: _idx_path(Path(root), stem) for stem in (images_stem, labels_stem)}
+    images = _read_idx(found[images_stem], _IDX_IMAGES, count).reshape(count, 1, 28, 28)
+    labels = _read_idx(found[labels_stem], _IDX_LABELS, count).astype(np.int64)
+    if labels.max() > 9:
+        raise ValueError(f"{found[labels_stem]}: label {labels.max()} out of range; Fashion-MNIST labels are 0-9")
+    # 28x28 grayscale -> 3x32x32: zero-padded by 2 pixels a side (every pixel kept, none
+    # resampled; the background is already 0) and the channel repeated three times.
+    x = F.pad(torch.from_numpy(images.copy()), (2, 2, 2, 2)).expand(-1, 3, -1, -1)
+    return x, torch.from_numpy(labels)
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike | None) -> Path:
+    """The directory holding Fashion-MNIST's four IDX files (gzip or raw).
+
+    Raises DataSetMissing (exit 3) naming the Debian package and the four files."""
+    root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
+    stems = [s for part in _FASHION_FILES.values() for s in part[:2]]
+    missing = [s for s in stems if _idx_path(root, s) is None]
+    if missing:
+        raise DataSetMissing(
+            f"Fashion-MNIST is not in {root} (missing: {', '.join(missing)}); it needs the four IDX files "
+            f"{', '.join(s + '.gz' for s in stems)} (gzip or raw): install Debian's package with "
+            f"`apt-get install {FASHION_MNIST_PACKAGE}` (files under {FASHION_MNIST_DIR}) or pass --data-dir"
+        )
+    return root
+
+
+def _load_fashion_mnist(split: str, data_dir: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    root = str(find_fashion_mnist(data_dir).resolve())
+    if split == "test":
+        return _fashion_part(root, "test")
+    images, labels = _fashion_part(root, "train")
+    # a fixed, seeded hold-out: the last 5,000 of a seeded permutation of the 60,000 training images
+    order = np.random.default_rng(_FASHION_SEED).permutation(len(labels))
+    chosen = np.sort(order[-_FASHION_VAL:] if split == "val" else order[:-_FASHION_VAL])
+    return images[chosen], labels[chosen]
