@@ -91,7 +91,12 @@ def _check_data(args: argparse.Namespace) -> None:
 
 def _common(p: argparse.ArgumentParser, committee: bool = False) -> None:
     p.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
-    p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (python or binary layout)")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR-100 directory (python or binary layout); Fashion-MNIST's IDX files (default: "
+        "/usr/share/datasets/fashion-mnist, Debian's dataset-fashion-mnist)",
+    )
     data_default = "the data set's preset: digits for --dataset digits, backbone otherwise"
     where = f"the config's [recipe] table, else {data_default}" if committee else data_default
     p.add_argument("--recipe", default=None, help=f"preset ({', '.join(PRESETS)}) or a TOML file (default: {where})")
@@ -170,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("checkpoint", type=Path, help="model.safetensors written by lsmha-train")
     ev.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
-    ev.add_argument("--data-dir", default=None, help="CIFAR-100 directory")
+    ev.add_argument("--data-dir", default=None, help="CIFAR-100 directory, or Fashion-MNIST's if not the default")
+    ev.add_argument(
+        "--split", choices=("val", "test"), default="val", help="val, or test (Fashion-MNIST's own test images)"
+    )
     ev.add_argument("--batch-size", type=int, default=256, help="images per step")
     ev.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
     ev.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
@@ -281,11 +289,14 @@ def _cmd_committee(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     _check_data(args)
     device = _device(args.device)
-    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.batch_size, device, args.limit_val)
+    result = evaluate_checkpoint(
+        args.checkpoint, args.dataset, args.data_dir, args.batch_size, device, args.limit_val, args.split
+    )
     result.pop("logits")
+    split = "validation" if args.split == "val" else "test"
     print(f"{'checkpoint':<12} {result['checkpoint']}")
-    print(f"{'dataset':<12} {result['dataset']} ({result['images']} validation images)")
-    print(f"{'val acc':<12} {result['val_accuracy']:.4f}")
+    print(f"{'dataset':<12} {result['dataset']} ({result['images']} {split} images)")
+    print(f"{args.split + ' acc':<12} {result['accuracy']:.4f}")
     if "val_accuracy" in result["facts"]:
         print(f"{'at training':<12} {result['facts']['val_accuracy']:.4f}")
     _write_json(args.json, result)

@@ -50,21 +50,26 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     device: str = "cpu",
     limit: int | None = None,
+    split: str = "val",
 ) -> dict[str, Any]:
-    """Validation accuracy of an lsmha checkpoint on `dataset`'s validation split."""
+    """Accuracy of an lsmha checkpoint on one split of `dataset` (`accuracy`; also
+    `val_accuracy` for the validation split)."""
     model = load(path, device=device)
-    images, labels = load_dataset(dataset, "val", data_dir, limit=limit)
+    images, labels = load_dataset(dataset, split, data_dir, limit=limit)
     if int(labels.max()) >= model.spec.num_classes:
         raise ValueError(
             f"{path} has {model.spec.num_classes} classes but {dataset} labels reach {int(labels.max())}; "
             "evaluate it on the data set it was trained on"
         )
     logits = predict_logits(model, images, batch_size, device)
+    acc = accuracy(logits.numpy(), labels.numpy())
     return {
         "checkpoint": str(path),
         "dataset": dataset,
+        "split": split,
         "images": int(labels.shape[0]),
-        "val_accuracy": accuracy(logits.numpy(), labels.numpy()),
+        "accuracy": acc,
+        **({"val_accuracy": acc} if split == "val" else {}),
         "facts": dict(model.facts),
         "logits": np.asarray(logits.numpy()),
     }
