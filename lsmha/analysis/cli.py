@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="trained model (.safetensors written by lsmha.save)")
-    p.add_argument("--dataset", default="cifar100", choices=("cifar100", "digits", "synthetic"), help="data set")
-    p.add_argument("--data-dir", default=None, help="CIFAR-100 directory (cifar100 only)")
+    p.add_argument(
+        "--dataset", default="cifar100", choices=("cifar100", "fashion-mnist", "digits", "synthetic"), help="data set"
+    )
+    p.add_argument("--data-dir", default=None, help="CIFAR-100 directory, or Fashion-MNIST's if not the default")
     p.add_argument("--blocks", default="all", help="blocks to analyse: all, M, A-B or 1,3,5-7")
     p.add_argument(
         "--threshold", type=_threshold, nargs="+", default=[0.3, 0.6], metavar="θ", help="thresholds θ in [0, 1)"

@@ -18,6 +18,7 @@ from .gpu import add_gpu_parser
 from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
 from .plot import add_plot_parser
 from .serve import add_serve_parser
+from .study import add_study_parser
 from .train import add_train_parser
 
 CPU_BACKENDS = default_backends(torch.device("cpu"))
@@ -189,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_gpu_parser(sub)
     add_train_parser(sub)
+    add_study_parser(sub)
     add_plot_parser(sub)
     return add_exit_codes(parser)
 
