@@ -94,23 +94,36 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> CCT:
     path = Path(path)
     metadata, handle = _open(path)
     spec = CCTSpec.from_json(metadata["spec"])
+    _check_shapes(path, spec, handle)
     model = CCT(spec)
-    expected = model.state_dict()
-    stored = set(handle.keys())
-    missing, unexpected = sorted(set(expected) - stored), sorted(stored - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match its spec: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
     state = {}
-    for key, ref in expected.items():
+    for key in model.state_dict():
         try:
-            tensor = handle.get_tensor(key)
+            state[key] = handle.get_tensor(key)
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path}: tensor {key!r} is unreadable (truncated file?): {err}") from err
-        if tensor.shape != ref.shape:
-            raise ValueError(
-                f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, the spec needs {tuple(ref.shape)}"
-            )
-        state[key] = tensor
     model.load_state_dict(state)
     model.facts = json.loads(metadata.get("facts", "{}"))
     return model.to(device).eval()
+
+
+def _check_shapes(path: Path, spec: CCTSpec, handle: Any) -> None:
+    """Refuse a spec that does not describe the tensors the header lists, before any weight
+    is allocated: a spec is only metadata, and a forged one (img_size 4096, dim 32768) would
+    otherwise allocate gigabytes before the first tensor is compared."""
+    names = handle.keys()  # a safe_open handle is not iterable
+    stored = {key: tuple(handle.get_slice(key).get_shape()) for key in names}
+    blocks = {key.split(".")[1] for key in stored if key.startswith("blocks.")}
+    if len(blocks) != spec.n_blocks:  # checked first: building even a meta model costs time per block
+        raise ValueError(
+            f"{path} does not match its spec: the file holds {len(blocks)} blocks, "
+            f"the spec says n_blocks={spec.n_blocks}"
+        )
+    with torch.device("meta"):
+        expected = {key: tuple(t.shape) for key, t in CCT(spec).state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path} does not match its spec: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, shape in expected.items():
+        if stored[key] != shape:
+            raise ValueError(f"{path}: tensor {key!r} has shape {stored[key]}, the spec needs {shape}")

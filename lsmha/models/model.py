@@ -28,7 +28,9 @@ class CCT(nn.Module):
         self.tokenizer = ConvTokenizer(spec.n_conv, spec.in_chans, spec.conv_width, spec.dim, spec.pool)
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.seq_len, spec.dim))
         self.pos_drop = nn.Dropout(spec.dropout)
-        rates = torch.linspace(0, spec.drop_path, spec.n_blocks).tolist()
+        rates = torch.linspace(
+            0, spec.drop_path, spec.n_blocks, device="cpu"
+        ).tolist()  # plain floats, also under a meta device
         self.blocks = nn.ModuleList(
             Block(spec.dim, h, spec.mlp_dim, spec.dropout, spec.attn_dropout, r)
             for h, r in zip(spec.block_heads, rates)
