@@ -50,6 +50,8 @@ def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hin
         raise FileNotFoundError(f"{path} not found{hint}")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as err:
+        raise ValueError(f"{path} is nested too deeply to be {default_name}{hint}") from err
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         kind = file_kind(path)
         if kind == "a malformed JSON file":

@@ -10,7 +10,8 @@ free `extra` dict). A format is only a string, so new artifact kinds ("plan",
                        versions={"tensorrt": trt.__version__})
     add_entries(out_dir, [entry])          # merges into an existing manifest
 
-`read_manifest` verifies every hash and refuses any path that leaves the directory.
+`read_manifest` verifies every hash, refuses any path that leaves the directory, and checks
+the member specs against the files (`consistency.check_specs`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from ..models import CCTSpec
 from ..models.spec import SpecFacts
+from .consistency import check_specs, specs_sha256
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 
 FORMAT = "lsmha-export-1"
@@ -43,6 +45,18 @@ class TensorInfo:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorInfo:
+        if not (
+            isinstance(d, dict)
+            and isinstance(d.get("name"), str)
+            and isinstance(d.get("dtype"), str)
+            and isinstance(d.get("shape"), list)
+            and all(
+                isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool) and x >= 0) for x in d["shape"]
+            )
+        ):
+            raise ValueError(
+                f'a tensor must be {{"name": str, "dtype": str, "shape": [int or str, ...]}}, got {d!r:.200}'
+            )
         return cls(d["name"], d["dtype"], tuple(d["shape"]))
 
 
@@ -81,14 +95,39 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileEntry:
+        if not isinstance(d, dict):
+            raise ValueError(f"a manifest file entry must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        for key, kinds in _ENTRY_TYPES.items():
+            if key in d and (not isinstance(d[key], kinds) or isinstance(d[key], bool)):
+                raise ValueError(f"manifest file field {key!r} must be {kinds}, got {d[key]!r:.200}")
+        for key in ("inputs", "outputs"):
+            if not isinstance(d.get(key, []), list):
+                raise ValueError(f"manifest file field {key!r} must be a list of tensors, got {d[key]!r:.200}")
         d["inputs"] = tuple(TensorInfo.from_dict(t) for t in d.get("inputs", ()))
         d["outputs"] = tuple(TensorInfo.from_dict(t) for t in d.get("outputs", ()))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown manifest file field(s) {unknown}; known: {sorted(known)}")
+        missing = sorted({"path", "sha256", "format", "precision", "scope"} - set(d))
+        if missing:
+            raise ValueError(f"manifest file entry lacks {missing}: {d!r:.200}")
+        if not (d["scope"] == COMMITTEE or (isinstance(d["scope"], int) and d["scope"] >= 0)):
+            raise ValueError(f"manifest file scope must be {COMMITTEE!r} or a member index >= 0, got {d['scope']!r}")
         return cls(**d)
+
+
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "path": str,
+    "sha256": str,
+    "format": str,
+    "precision": str,
+    "scope": (str, int),
+    "opset": (int, type(None)),
+    "versions": dict,
+    "extra": dict,
+}
 
 
 @dataclass
@@ -131,6 +170,7 @@ class ExportManifest(SpecFacts):
         return {
             "format": FORMAT,
             "members": [s.to_dict() for s in self.specs],
+            "members_sha256": specs_sha256([s.to_dict() for s in self.specs]),
             "num_classes": self.num_classes,
             "img_size": self.img_size,
             "in_chans": self.in_chans,
@@ -195,9 +235,20 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifes
     must exist inside the directory and match its sha256, else ValueError/FileNotFoundError."""
     path, doc = read_json_document(path, MANIFEST, FORMAT, " (the export manifest: write one with `lsmha-export onnx`)")
     directory = path.parent.resolve()
-    specs = [CCTSpec.from_dict(s) for s in doc["members"]]
-    files = [FileEntry.from_dict(f) for f in doc.get("files", [])]
-    reserved = {"format", "members", "num_classes", "img_size", "in_chans", "files"}
+    members, files_doc = doc.get("members"), doc.get("files", [])
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{path}: 'members' must be a non-empty list of member specs, got {members!r:.200}")
+    if not isinstance(files_doc, list):
+        raise ValueError(f"{path}: 'files' must be a list of file entries, got {type(files_doc).__name__}")
+    stated = doc.get("members_sha256")
+    if stated is not None and stated != specs_sha256(members):
+        raise ValueError(f"{path}: the member specs do not match their members_sha256 (edited?); refusing them")
+    try:
+        specs = [CCTSpec.from_dict(s) for s in members]
+        files = [FileEntry.from_dict(f) for f in files_doc]
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path}: {err}") from err
+    reserved = {"format", "members", "members_sha256", "num_classes", "img_size", "in_chans", "files"}
     manifest = ExportManifest(directory, specs, files, {k: v for k, v in doc.items() if k not in reserved})
     for entry in files:
         absolute = manifest.path_of(entry)  # refuses escaping paths even without verify
@@ -207,4 +258,6 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifes
             raise FileNotFoundError(f"{path}: listed file {entry.path} is missing")
         if sha256_file(absolute) != entry.sha256:
             raise ValueError(f"{path}: {entry.path} does not match its sha256 (modified or corrupt); refusing it")
+    if verify:
+        check_specs(manifest, path)
     return manifest

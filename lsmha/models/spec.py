@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,14 @@ class CCTSpec:
                     f"dim={self.dim} is not divisible by block {i + 1}'s heads={h}: "
                     f"choose heads among the divisors of {self.dim} or change dim"
                 )
+        for key in ("mlp_ratio", "dropout", "attn_dropout", "drop_path"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"CCTSpec.{key} must be a finite number, got {value!r}")
         if self.mlp_ratio <= 0 or int(self.dim * self.mlp_ratio) < 1:
             raise ValueError(f"CCTSpec.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"CCTSpec.name must be a string, got {self.name!r}")
         for key in ("dropout", "attn_dropout", "drop_path"):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
@@ -126,6 +133,8 @@ class CCTSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CCTSpec:
+        if not isinstance(data, dict):
+            raise ValueError(f"a CCTSpec must be a JSON object of its fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
