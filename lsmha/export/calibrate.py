@@ -1,0 +1,192 @@
+"""`lsmha-export calibrate`: the adaptive committee's exit thresholds, calibrated on a val split.
+
+It makes sure the export has one fp32 ONNX graph per member (the adaptive committee runs the
+members one by one; missing graphs are exported from the directory's own weights), runs every
+member on the data set's `val` split through those graphs, calibrates the thresholds
+(`lsmha.engine.adaptive.calibrate`) and writes `adaptive.json`, listed and hashed in
+manifest.json with the calibration facts. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cli_help import CliError, HelpFormatter
+from ..tables import format_table, write_json
+
+SPLIT = "val"
+
+
+def ensure_member_graphs(directory: str | os.PathLike, progress: bool = False) -> list[str]:
+    """Export `member<i>.onnx` (fp32) for every member the export lacks one for, from its
+    `member<i>.safetensors`, and list them in the manifest; the paths written."""
+    from ..artifacts import add_entries, read_manifest
+    from ..engine.backends import Source
+    from .onnx import export_scope_onnx
+
+    manifest = read_manifest(directory)
+    have = {e.scope for e in manifest.find(format="onnx", precision="fp32")}
+    missing = [i for i in range(len(manifest.specs)) if i not in have]
+    if not missing:
+        return []
+    models = Source(specs=manifest.specs, manifest=manifest).torch_models()
+    entries = []
+    for i in missing:
+        if progress:
+            print(f"writing member{i}.onnx (fp32), the adaptive committee runs the members one by one")
+        entries.append(export_scope_onnx(models, manifest.directory, i, "fp32"))
+    add_entries(manifest.directory, entries)
+    return [e.path for e in entries]
+
+
+def member_logits(runner: Any, images: Any, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """(M, N, classes) raw logits of every member of a `MemberBackends` on `images`, in chunks."""
+    from tqdm import tqdm
+
+    outs = []
+    for i in tqdm(range(0, len(images), batch_size), desc="member logits", disable=not progress):
+        chunk = images[i : i + batch_size]
+        chunk = chunk.numpy() if hasattr(chunk, "numpy") else np.asarray(chunk)
+        outs.append(runner.member_logits(np.ascontiguousarray(chunk)))
+    return np.concatenate(outs, axis=1)
+
+
+def calibrate_export(
+    directory: str | os.PathLike,
+    dataset: str,
+    target: float = 0.999,
+    data_dir: str | os.PathLike | None = None,
+    order: Sequence[int] | None = None,
+    backend: str = "auto",
+    limit: int | None = None,
+    batch_size: int = 256,
+    progress: bool = False,
+    **options: Any,
+) -> Any:
+    """Calibrate the export in `directory` on `dataset`'s val split and write the thresholds.
+
+    Args:
+        directory: an export directory (`lsmha-export onnx`).
+        dataset: "fashion-mnist", "digits", "cifar100" or "synthetic" (`lsmha.training.load_dataset`).
+        target: agreement with the full committee to keep on val.
+        data_dir: where the data set lives (cifar100, fashion-mnist).
+        order: member indices in the order they run (default: cheapest first by MACs).
+        backend: what computes the members' logits ("auto": what the adaptive committee will run).
+        limit: calibrate on the first `limit` val images only.
+        batch_size: images per backend call.
+        progress: show progress.
+        **options: backend options (threads=..., precision=...).
+
+    Returns:
+        The `Calibration` written (also in manifest.json, hashed).
+    """
+    from ..artifacts import read_manifest
+    from ..engine.adaptive import calibrate, check_order, default_order, write_calibration
+    from ..engine.adaptive_committee import open_members
+    from ..engine.backends import Source
+    from ..training import load_dataset
+
+    ensure_member_graphs(directory, progress)
+    manifest = read_manifest(directory)
+    specs = manifest.specs
+    order = default_order(specs) if order is None else check_order(order, len(specs))
+    images, labels = load_dataset(dataset, SPLIT, data_dir, **({"limit": limit} if limit else {}))
+    if tuple(images.shape[1:]) != (specs[0].in_chans, specs[0].img_size, specs[0].img_size):
+        raise ValueError(
+            f"{dataset} {SPLIT} images are {tuple(images.shape[1:])}, the committee takes "
+            f"({specs[0].in_chans}, {specs[0].img_size}, {specs[0].img_size})"
+        )
+    if int(labels.max()) >= specs[0].num_classes:
+        raise ValueError(
+            f"{dataset} has labels up to {int(labels.max())}, the committee {specs[0].num_classes} classes"
+        )
+    runner = open_members(Source(specs=specs, manifest=manifest), backend, **options)
+    try:
+        logits = member_logits(runner, images, batch_size, progress)
+        name = runner.name
+    finally:
+        runner.close()
+    calibration = calibrate(logits, target, order)
+    full = logits.sum(axis=0).argmax(axis=1)
+    calibration.facts = {
+        "dataset": dataset,
+        "split": SPLIT,
+        "backend": name,
+        "full_accuracy": float((full == labels.numpy()).mean()),
+    }
+    write_calibration(manifest.directory, calibration)
+    return calibration
+
+
+HELP = "calibrate the adaptive committee's exit thresholds on a data set's val split"
+DESCRIPTION = (
+    "Run every member on the val split (never test), choose per stage the smallest margin threshold keeping "
+    "agreement with the full committee >= --target (docs/adaptive.md), and write adaptive.json, listed and "
+    "hashed in manifest.json with the calibration facts. Member graphs missing from the export are written "
+    "first (member<i>.onnx). Then: Committee.load(DIR, adaptive=True), lsmha-serve --adaptive."
+)
+
+
+def _order(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected member indices like 2,0,1, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help=HELP, description=DESCRIPTION, formatter_class=HelpFormatter)
+    p.add_argument("directory", type=Path, help="export directory (lsmha-export onnx)")
+    p.add_argument("--dataset", required=True, choices=["fashion-mnist", "digits", "cifar100", "synthetic"])
+    p.add_argument("--target", type=float, default=0.999, help="agreement with the full committee to keep on val")
+    p.add_argument("--data-dir", type=Path, default=None, help="where the data set lives (cifar100, fashion-mnist)")
+    p.add_argument(
+        "--order", type=_order, default=None,
+        help="member indices in the order they run, e.g. 2,0,1 (default: cheapest first by MACs)",
+    )  # fmt: skip
+    p.add_argument("--backend", default="auto", help="what computes the members' logits")
+    p.add_argument("--threads", type=int, default=None, help="backend threads (default: physical cores)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N val images")
+    p.add_argument("--json", type=Path, default=None, help="also write the calibration to this file")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.backends import BackendUnavailable
+    from ..models import count_macs
+
+    options = {"threads": args.threads} if args.threads else {}
+    try:
+        cal = calibrate_export(
+            args.directory, args.dataset, args.target, args.data_dir, args.order, args.backend, args.limit,
+            progress=not args.no_progress, **options,
+        )  # fmt: skip
+    except BackendUnavailable as err:
+        raise CliError.environment(str(err)) from None
+    from ..artifacts import read_manifest
+
+    specs = read_manifest(args.directory).specs
+    rows, reached = [], cal.n
+    for k, member in enumerate(cal.order):
+        tau = cal.thresholds[k] if k < len(cal.thresholds) else None
+        rows.append([
+            k + 1, f"{member} {specs[member].name or ''}".strip(), f"{count_macs(specs[member]) / 1e9:.3f}",
+            "decides" if tau is None else f"{tau:.4g}", reached, cal.members_run[k],
+        ])  # fmt: skip
+        reached -= cal.members_run[k]
+    print(format_table(["stage", "member", "GMAC", "threshold", "reach", "leave"], rows))
+    print(
+        f"{cal.facts['dataset']} {cal.facts['split']}: n={cal.n}, target {cal.target}, agreement with the full "
+        f"committee {cal.agreement:.4f}, mean members run {cal.mean_members_run:.3f} of {len(cal.order)} "
+        f"(backend {cal.facts['backend']})"
+    )
+    print(f"wrote {Path(args.directory) / 'adaptive.json'} (listed and hashed in manifest.json)")
+    write_json(args.json, cal.to_dict())
+    return 0
