@@ -72,9 +72,26 @@ def load_dataset(
         images, labels = _load_digits(split, **kw)
     else:
         images, labels = _load_synthetic(split, **kw)
+    classes = 20 if name == "cifar100" and kw.get("labels") == "coarse" else num_classes(name, **kw)
+    _check_split(f"{name} {split}", images, labels, classes)
     if limit is not None:
         images, labels = images[: int(limit)], labels[: int(limit)]
     return images.contiguous(), labels.contiguous()
+
+
+def _check_split(what: str, images: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+    """Refuse a split that would train on something else than it says: every data set, every
+    split, checked the same way before any step runs."""
+    n = len(images)
+    if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, 32, 32):
+        raise ValueError(f"{what}: images must be uint8 (N, 3, 32, 32), got {images.dtype} {tuple(images.shape)}")
+    if labels.dtype != torch.int64 or labels.shape != (n,):
+        raise ValueError(f"{what}: {n} images need {n} int64 labels, got {labels.dtype} {tuple(labels.shape)}")
+    if n == 0:
+        raise ValueError(f"{what}: holds no images (an empty or truncated file?)")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise ValueError(f"{what}: labels span {low}..{high}, expected 0..{classes - 1} ({classes} classes)")
 
 
 def _check_name(name: str) -> None:
@@ -117,6 +134,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+        ("__builtin__", "bytes"),  # ... and empty bytes (an empty array's buffer)
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -130,19 +149,42 @@ def _load_cifar100(split: str, data_dir: Any, labels: str = "fine") -> tuple[tor
         raise ValueError(f"cifar100 labels must be 'fine' or 'coarse', got {labels!r}")
     layout, d = find_cifar100(data_dir)
     if layout == "python":
-        with open(d / ("train" if split == "train" else "test"), "rb") as f:
-            doc = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-        data = np.asarray(doc[b"data"], dtype=np.uint8)
-        target = np.asarray(doc[b"fine_labels" if labels == "fine" else b"coarse_labels"], dtype=np.int64)
+        data, target = _read_cifar_pickle(d / ("train" if split == "train" else "test"), labels)
     else:
-        raw = np.fromfile(d / ("train.bin" if split == "train" else "test.bin"), dtype=np.uint8)
+        path = d / ("train.bin" if split == "train" else "test.bin")
+        raw = np.fromfile(path, dtype=np.uint8)
         record = 2 + 3072
         if raw.size % record:
-            raise ValueError(f"{d}: binary file size {raw.size} is not a multiple of {record} (truncated download?)")
+            raise ValueError(f"{path}: size {raw.size} is not a multiple of {record} (truncated download?)")
         raw = raw.reshape(-1, record)
         target = raw[:, 1 if labels == "fine" else 0].astype(np.int64)
         data = raw[:, 2:]
     return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(target)
+
+
+def _read_cifar_pickle(path: Path, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100's python-layout file: data uint8 (N, 3072) and labels (N,), checked as read."""
+    key = b"fine_labels" if labels == "fine" else b"coarse_labels"
+    try:
+        with open(path, "rb") as f:
+            doc = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    except OSError:
+        raise
+    except Exception as err:  # a corrupt or hostile pickle can raise almost anything; all mean "not CIFAR"
+        raise ValueError(f"{path}: not a readable CIFAR-100 python file ({type(err).__name__}: {err})") from None
+    if not isinstance(doc, dict) or b"data" not in doc or key not in doc:
+        found = sorted(doc)[:6] if isinstance(doc, dict) else type(doc).__name__
+        raise ValueError(f"{path}: expected a pickled dict with b'data' and {key!r} (CIFAR-100), found {found}")
+    data, target = np.asarray(doc[b"data"]), np.asarray(doc[key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: data must be uint8 (N, 3072) pixels, got {data.dtype} {data.shape}")
+    if len(data) == 0:
+        raise ValueError(f"{path}: holds no images (an empty or truncated file?)")
+    if target.dtype.kind not in "iu" or target.shape != (len(data),):
+        raise ValueError(
+            f"{path}: {len(data)} images need {len(data)} integer labels, got {target.dtype} {target.shape}"
+        )
+    return data, target.astype(np.int64)
 
 
 def _load_digits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
