@@ -68,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="trained model (.safetensors written by lsmha.save)")
     p.add_argument(
-        "--dataset", default="cifar100", choices=("cifar100", "fashion-mnist", "digits", "synthetic"), help="data set"
+        "--dataset",
+        default=None,
+        choices=("cifar100", "fashion-mnist", "digits", "synthetic"),
+        help="data set (default: the one the checkpoint records, else cifar100)",
     )
     p.add_argument("--data-dir", default=None, help="CIFAR-100 directory, or Fashion-MNIST's if not the default")
     p.add_argument("--blocks", default="all", help="blocks to analyse: all, M, A-B or 1,3,5-7")
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load(args.checkpoint)
+    args.dataset = args.dataset or model.facts.get("dataset", "cifar100")
     blocks = parse_blocks(args.blocks, model.spec.n_blocks)  # a ValueError here is bad usage (2)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)

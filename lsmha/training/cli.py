@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -123,12 +125,13 @@ def _common(p: argparse.ArgumentParser, committee: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+        prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
         "run",
+        allow_abbrev=False,
         help="train one model",
         description="Train one CCT with the paper's recipe. The run directory keeps metrics.jsonl, a resumable "
         "train_state.pt (written every epoch), model.safetensors and val_logits.npy; --resume continues it "
@@ -145,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     com = sub.add_parser(
         "committee",
+        allow_abbrev=False,
         help="train every member of a committee, then report",
         description="Train every member of a committee config one after another (each a resumable run under "
         "OUT/members/; finished members are kept), then write committee.json and a report of member and "
@@ -168,13 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
+        allow_abbrev=False,
         help="validation accuracy of a checkpoint",
         description="Validation accuracy of a checkpoint written by lsmha-train (the facts recorded in it are "
         "printed beside the measured value).",
         formatter_class=fmt,
     )
     ev.add_argument("checkpoint", type=Path, help="model.safetensors written by lsmha-train")
-    ev.add_argument("--dataset", choices=DATASETS, default="cifar100", help="data set")
+    ev.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="data set (default: the one the checkpoint records, else cifar100)",
+    )
     ev.add_argument("--data-dir", default=None, help="CIFAR-100 directory, or Fashion-MNIST's if not the default")
     ev.add_argument(
         "--split", choices=("val", "test"), default="val", help="val, or test (Fashion-MNIST's own test images)"
@@ -219,7 +229,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         shutdown(ctx)
     if ctx.is_main:
-        print(f"{result.checkpoint}: val accuracy {result.val_accuracy:.4f} after {result.epochs} epochs")
+        epochs = f"{result.epochs} epoch{'' if result.epochs == 1 else 's'}"
+        print(f"{result.checkpoint}: val accuracy {result.val_accuracy:.4f} after {epochs}")
         _write_json(args.json, {"checkpoint": str(result.checkpoint), "val_accuracy": result.val_accuracy,
                                 "epochs": result.epochs, "already_finished": result.already_finished})  # fmt: skip
     return 0
@@ -287,6 +298,10 @@ def _cmd_committee(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.dataset is None:
+        from ..models import load_facts
+
+        args.dataset = load_facts(args.checkpoint).get("dataset", "cifar100")
     _check_data(args)
     device = _device(args.device)
     result = evaluate_checkpoint(
@@ -303,10 +318,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # run_command reports it (exit 1) with how to resume
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": _cmd_run, "committee": _cmd_committee, "eval": _cmd_eval}[args.command]
-    return run_command(f"lsmha-train {args.command}", handler, args, RESUME_HINT.get(args.command, ""))
+    # SIGTERM (a scheduler's stop, `kill`) is reported like Ctrl-C: one line saying how to resume
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main_thread else None
+    try:
+        return run_command(f"lsmha-train {args.command}", handler, args, RESUME_HINT.get(args.command, ""))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from ..models import CCTSpec, model_spec
 from .data import num_classes
 from .distributed import DistContext
 from .loop import RunConfig, check_config, train
-from .recipe import CONFIG_DIR, Recipe, read_toml
+from .recipe import CONFIG_DIR, PRESETS, Recipe, read_toml
 
 MEMBER_META = ("model", "epochs", "paper_accuracy")
 _FILE_KEYS = {"name", "description", "recipe", "common", "members"}
@@ -69,6 +69,11 @@ def load_committee_config(path: str | os.PathLike) -> CommitteeConfig:
     p = Path(path)
     if not p.suffix and not p.is_file():  # a directory of that name (a run dir, say) is not the config
         p = CONFIG_DIR / f"{path}.toml"
+        if not p.is_file():
+            packaged = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.toml") if c.stem not in PRESETS))
+            raise FileNotFoundError(
+                f"no packaged committee config {str(path)!r} (packaged: {packaged}); or give a committee TOML file"
+            )
     doc = read_toml(p)
     unknown = sorted(set(doc) - _FILE_KEYS)
     if unknown:

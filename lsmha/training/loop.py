@@ -112,8 +112,8 @@ def check_config(cfg: RunConfig) -> tuple[str, dict[str, Any] | None]:
     changed = _differences(json.loads(run_path.read_text()), cfg.identity())
     if changed:
         raise ValueError(
-            f"--resume: {out} was started with {'; '.join(changed)}; "
-            "resume with the original settings or choose another --out"
+            f"cannot continue {out}: it was started with {'; '.join(changed)}; "
+            "continue it with the original settings or choose another --out"
         )
     state = load_state(state_path)
     done = int(state["epoch"]) >= cfg.recipe.epochs and (out / MODEL_FILE).exists()

@@ -65,7 +65,10 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt files
-        raise ValueError(f"{path} is not a readable training state (corrupt?): {err}") from err
+        raise ValueError(
+            f"{path} is not a readable training state (truncated or corrupt: {err}); move it away to start the "
+            "run again from its first epoch, or choose another --out"
+        ) from err
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not an lsmha training state (format {FORMAT!r} expected)")
     return state
