@@ -58,12 +58,8 @@ def engine(precision: str = "auto", mode: str = "latency") -> Callable[[Path, In
 
     def make(path: Path, inputs: Inputs) -> Run:
         from lsmha.engine import Committee
-        from lsmha.engine.backends import openvino_backend
-        from lsmha.engine.committee import load_source
 
-        source = load_source(path.parent)
-        backend = openvino_backend.open(source, precision=precision, mode=mode)
-        committee = Committee.from_backend(source.specs, backend, batch_size=max(inputs))
+        committee = Committee.load(path.parent, "openvino", batch_size=max(inputs), precision=precision, mode=mode)
         return lambda n: committee.predict_logits(inputs[n])
 
     return make

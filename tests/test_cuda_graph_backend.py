@@ -102,12 +102,14 @@ def test_without_cuda_unavailable_and_refuses_with_reason():
 
 def test_open_refuses_unknown_options_and_cpu_device():
     levers = {"stack", "sdpa", "bias", "streams", "compile", "one_graph", "input", "precision", "max_batch"}
-    assert BACKENDS["cuda-graph"].options() >= levers | {"device"}  # what Committee.load may pass
+    assert BACKENDS["cuda-graph"].options() == levers | {"device"}  # what Committee.load may pass
     source = Source(specs=SPECS[:1], models=_members(SPECS[:1]))
-    with pytest.raises(BackendUnavailable, match="unknown option"):
-        cg.open(source, threads=2)
-    with pytest.raises(BackendUnavailable, match="CUDA devices only"):
-        cg.open(source, device="cpu")
+    with pytest.raises(ValueError, match=r"unknown backend option\(s\) \['threads'\]"):
+        open_backend("cuda-graph", source, threads=2)
+    with pytest.raises(ValueError, match=r"device='cpu' is not allowed: cuda-graph takes None or 'cuda', 'cuda:N'"):
+        open_backend("cuda-graph", source, device="cpu")
+    with pytest.raises(ValueError, match=r"stack='rows' is not allowed: cuda-graph takes one of 'shape', 'pad', 'off'"):
+        open_backend("cuda-graph", source, stack="rows")
 
 
 # -- on a GPU --------------------------------------------------------------------------------------
@@ -146,9 +148,9 @@ def test_parity_against_eager_fp32(precision, compile, tol, n, buckets, no_tf32)
     images = _images(n)
     with torch.no_grad():
         want = np.stack([m(torch.from_numpy(images)).numpy() for m in models])
-    engine = cg.CudaGraphCommittee(models, precision=precision, max_batch=64, compile=compile)
-    backend = cg.CudaGraphBackend(engine)
-    committee = Committee.from_backend([m.spec for m in models], backend, batch_size=64)
+    source = Source(specs=[m.spec for m in models], models=models)
+    committee = Committee.load(source, "cuda-graph", batch_size=64, precision=precision, max_batch=64, compile=compile)
+    engine = committee.runner.engine
     member = committee.member_logits(images)  # chunks of 64 (and 8)
     total = committee.predict_logits(images)
     assert member.shape == want.shape and member.dtype == np.float32

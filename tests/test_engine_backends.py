@@ -1,5 +1,7 @@
 """Backend registry and `Committee.load` from a committee.json of checkpoints."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_auto_explains_why_nothing_can_run(checkpoints):
         open_backend("auto", Source(specs=[CCTSpec()]))
     with pytest.raises(BackendUnavailable, match=r"needs an export directory"):
         Committee.load(root, backend="onnxruntime")
-    with pytest.raises(BackendUnavailable, match=r"fp32 only"):
+    with pytest.raises(ValueError, match=r"precision='fp16' is not allowed: torch takes one of 'fp32'"):
         Committee.load(root, backend="torch", precision="fp16")
 
 
@@ -75,17 +77,30 @@ def test_load_refuses_a_tampered_checkpoint_and_missing_manifests(checkpoints):
 
 def test_unknown_and_bad_options_are_refused_before_the_search(checkpoints):
     _, _, root = checkpoints
-    with pytest.raises(TypeError, match=r"unknown backend option\(s\) \['bogus'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend option\(s\) \['bogus'\]"):
         Committee.load(root, backend="auto", bogus=1)
-    with pytest.raises(TypeError, match=r"unknown backend option\(s\) \['threads'\]; the backends \['torch'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend option\(s\) \['threads'\]; the backends \['torch'\]"):
         Committee.load(root, backend="torch", threads=2)
-    with pytest.raises(TypeError, match=r"threads must be an int, got '2'"):
-        Committee.load(root, backend="auto", threads="2")
-    for bad in (-1, 0, 1000):
-        with pytest.raises(ValueError, match=rf"threads must be between 1 and .* got {bad}"):
+    for bad in ("x", "2", -1, 0, 1000, True, 2.0):
+        with pytest.raises(ValueError, match=rf"option threads={bad!r} is not allowed: .*takes an int in 1\.\."):
             Committee.load(root, backend="auto", threads=bad)
-    with pytest.raises(ValueError, match=r"device must be 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+    with pytest.raises(ValueError, match=r"device='gpu' is not allowed: .*None or cpu, 'cuda', 'cuda:N'"):
         Committee.load(root, device="gpu")
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "onnxruntime", "openvino", "aoti", "tensorrt", "cuda-graph"])
+def test_a_bad_precision_is_a_value_error_naming_it_whatever_the_backend(checkpoints, backend):
+    _, _, root = checkpoints
+    with pytest.raises(ValueError, match=r"backend option precision='fp61' is not allowed: .*takes one of .*'fp32'"):
+        Committee.load(root, backend=backend, precision="fp61")
+
+
+def test_each_backend_declares_typed_options():
+    for name, kind in BACKENDS.items():
+        defaults = kind.Options()  # every option has a default that its own check accepts
+        assert "device" in kind.options(), name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            defaults.device = "cpu"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -104,3 +119,31 @@ def test_auto_hands_each_backend_only_its_options_and_logs_the_choice(checkpoint
     (line,) = [r.getMessage() for r in caplog.records if "backend auto chose" in r.getMessage()]
     assert "torch[cpu]" in line and "['threads'] do not apply" in line
     assert "; skipped " in line and "onnxruntime: " in line and "openvino: " in line
+
+
+def test_auto_never_opens_a_native_package_unless_trusted(checkpoints, monkeypatch):
+    from lsmha.artifacts import ExportManifest, file_entry, write_manifest
+
+    members, paths, root = checkpoints
+    export = root / "export"
+    export.mkdir()
+    entries = []
+    for i, p in enumerate(paths):
+        (export / p.name).write_bytes(p.read_bytes())
+        entries.append(file_entry(export, p.name, format="safetensors", precision="fp32", scope=i))
+    (export / "committee.cpu.pt2").write_bytes(b"PK\x03\x04 a package whose library would run on load")
+    entries.append(file_entry(export, "committee.cpu.pt2", format="pt2", precision="fp32", scope="committee"))
+    write_manifest(ExportManifest(export, [m.spec for m in members], entries))
+    opened = []
+
+    def spy(source, options):
+        opened.append(options)
+        raise BackendUnavailable("spy: the package was opened")
+
+    monkeypatch.setitem(BACKENDS, "aoti", dataclasses.replace(BACKENDS["aoti"], open=spy, unavailable=lambda: None))
+    assert Committee.load(export, device="cpu").backend == "torch[cpu]" and opened == []
+    Committee.load(export, device="cpu", trust_native=True)  # trusted: auto tries it, then falls through
+    assert len(opened) == 1
+    with pytest.raises(BackendUnavailable, match="spy: the package was opened"):
+        Committee.load(export, backend="aoti")  # asked for by name
+    assert len(opened) == 2

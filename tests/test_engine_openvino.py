@@ -40,8 +40,7 @@ def export(tmp_path_factory):
 
 def load(directory, **options):
     """A Committee on the openvino backend, from a verified export directory."""
-    source = load_source(directory)
-    return Committee.from_backend(source.specs, ovb.open(source, **options))
+    return Committee.load(directory, "openvino", **options)
 
 
 def reference(members, images):
@@ -121,8 +120,6 @@ def test_precision_follows_the_cpu_flags():
     for cpu in (AVX2, SKX):
         with pytest.raises(BackendUnavailable, match=r"needs a CPU with amx_bf16 or avx512_bf16.*has neither"):
             ovb.choose_precision("bf16", cpu)
-    with pytest.raises(BackendUnavailable, match=r"runs precision \('auto', 'fp32', 'bf16'\).*'fp16'"):
-        ovb.choose_precision("fp16", AMX)
 
 
 def test_cpu_kind_from_cpuinfo_text():
@@ -148,16 +145,18 @@ def test_bf16_refused_on_this_cpu_without_it(export, monkeypatch):
 def test_refusals_name_what_to_do(export, tmp_path):
     members, directory = export
     source = load_source(directory)
-    with pytest.raises(BackendUnavailable, match=r"CPU only.*'cuda'"):
-        ovb.open(source, device="cuda")
-    with pytest.raises(BackendUnavailable, match=r"mode must be one of \('auto', 'latency', 'throughput'\)"):
-        ovb.open(source, mode="fast")
+    with pytest.raises(ValueError, match=r"device='cuda' is not allowed: openvino takes None or cpu"):
+        Committee.load(source, "openvino", device="cuda")
+    with pytest.raises(ValueError, match=r"mode='fast' is not allowed: openvino takes one of 'auto', 'latency', 'throughpu"):
+        Committee.load(source, "openvino", mode="fast")
+    with pytest.raises(ValueError, match=r"precision='fp16' is not allowed: openvino takes one of 'auto', 'fp32', 'bf16'"):
+        Committee.load(source, "openvino", precision="fp16")
     with pytest.raises(BackendUnavailable, match=r"needs an export directory.*lsmha-export onnx"):
-        ovb.open(Source(specs=[m.spec for m in members], models=members))
+        ovb.open(Source(specs=[m.spec for m in members], models=members), ovb.Options())
     no_graph = Source(specs=source.specs, manifest=source.manifest)
     no_graph.manifest.files = [e for e in source.manifest.files if e.format != "onnx"]
     with pytest.raises(BackendUnavailable, match=r"no fp32 ONNX committee graph.*run `lsmha-export onnx`"):
-        ovb.open(no_graph)
+        ovb.open(no_graph, ovb.Options())
 
 
 def test_a_tampered_graph_is_refused_by_the_manifest(export, tmp_path):

@@ -56,15 +56,12 @@ def openvino_stock(models: list[CCT], device: torch.device, max_batch: int) -> R
 
 
 def _openvino(**options: Any) -> Callable[[list[CCT], torch.device, int], Runner]:
-    """lsmha's openvino backend with `options`, opened through its module, run by `Committee`."""
+    """lsmha's openvino backend with `options`, run by `Committee`."""
 
     def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
         from ..engine import Committee
-        from ..engine.backends import openvino_backend
-        from ..engine.committee import load_source
 
-        source = load_source(shared_export(models))
-        committee = Committee.from_backend(source.specs, openvino_backend.open(source, **options), max(1, max_batch))
+        committee = Committee.load(shared_export(models), "openvino", batch_size=max(1, max_batch), **options)
         return Runner(lambda images: images, committee.predict_logits, f"lsmha engine, {committee.backend}")
 
     return factory

@@ -47,10 +47,10 @@ class Committee(SpecFacts):
                 raise TypeError(f"Committee expects lsmha CCT models, member {i} is {type(m).__name__}")
         specs = [m.spec for m in models]
         check_compatible(specs)
-        source = Source(specs=specs, models=models)
-        self._setup(specs, open_backend("torch", source, device=device), batch_size)
+        self._setup(specs, open_backend("torch", Source(specs=specs, models=models), device=device), batch_size)
 
     def _setup(self, specs: list[CCTSpec], runner: Backend, batch_size: int) -> None:
+        """Attach an opened backend: the one step every constructor ends in."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if runner.num_members != len(specs):
@@ -58,14 +58,6 @@ class Committee(SpecFacts):
         self.specs = list(specs)
         self.runner = runner
         self.batch_size = min(batch_size, runner.max_batch or batch_size)
-
-    @classmethod
-    def from_backend(cls, specs: Sequence[CCTSpec], runner: Backend, batch_size: int = 256) -> Committee:
-        """A committee over an already-opened backend (for backends built elsewhere)."""
-        check_compatible(list(specs))
-        self = cls.__new__(cls)
-        self._setup(list(specs), runner, batch_size)
-        return self
 
     @classmethod
     def from_checkpoints(
@@ -78,23 +70,40 @@ class Committee(SpecFacts):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, backend: str = "auto", *, batch_size: int = 256, **options: Any
+        cls,
+        path: str | os.PathLike | Source,
+        backend: str = "auto",
+        *,
+        batch_size: int = 256,
+        trust_native: bool = False,
+        **options: Any,
     ) -> Committee:
         """Load a committee from a `committee.json` (checkpoints) or an export
         directory's `manifest.json` (or a directory holding either).
 
-        Hashes are verified and paths leaving the directory refused.
+        The manifest is read and checked once, hashes are verified and paths leaving the
+        directory refused; a `Source` from `load_source` is taken as it is.
 
         Args:
-            path: a manifest file or a directory with `manifest.json` or `committee.json`.
-            backend: "auto" (fastest usable: tensorrt > cuda-graph > aoti > onnxruntime > torch on
-                CUDA; onnxruntime > aoti > torch on a CPU, see `auto_order`) or a registered name
-                ("torch", "onnxruntime", ...).
+            path: a manifest file, a directory with `manifest.json` or `committee.json`, or a `Source`.
+            backend: "auto" (the first that opens of `auto_order(device)`: tensorrt > cuda-graph >
+                aoti > onnxruntime > torch on CUDA; on a CPU openvino > onnxruntime > aoti > torch
+                where it runs bf16 natively, else onnxruntime first) or a registered name
+                ("torch", "onnxruntime", "openvino", ...).
             batch_size: largest chunk per backend call.
-            **options: backend options, e.g. precision="fp16", device="cuda", threads=2.
+            trust_native: let `auto` open native packages (AOTInductor `.pt2`, TensorRT plans),
+                which run code on load: only for directories you built or trust (docs/export.md).
+            **options: the backend's options (its `Options`), e.g. precision="fp16", device="cuda",
+                threads=2.
+
+        Raises:
+            ValueError: a bad option name or value (naming it and what is allowed), a bad manifest.
+            BackendUnavailable: no backend here can run the committee (each one's reason).
         """
-        source = load_source(path)
-        return cls.from_backend(source.specs, open_backend(backend, source, **options), batch_size)
+        source = path if isinstance(path, Source) else load_source(path)
+        self = cls.__new__(cls)
+        self._setup(source.specs, open_backend(backend, source, trust_native=trust_native, **options), batch_size)
+        return self
 
     # -- facts ---------------------------------------------------------------------------------
 
@@ -192,13 +201,18 @@ def load_source(path: str | os.PathLike) -> Source:
             raise FileNotFoundError(f"{path} holds neither {MANIFEST} (an export) nor committee.json (checkpoints)")
     if not path.is_file():
         raise FileNotFoundError(f"committee not found: {path}")
-    try:
-        fmt = json.loads(path.read_text(encoding="utf-8")).get("format")
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(
-            f"{path} is {file_kind(path)}, expected an export directory (with manifest.json), "
-            "its manifest.json, or a committee.json"
-        ) from err
+    if path.name == MANIFEST:
+        fmt = None
+    elif path.name == "committee.json":
+        fmt = "lsmha-committee-1"
+    else:  # a manifest or committee.json under another name: its "format" says which
+        try:
+            fmt = json.loads(path.read_text(encoding="utf-8")).get("format")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise ValueError(
+                f"{path} is {file_kind(path)}, expected an export directory (with manifest.json), "
+                "its manifest.json, or a committee.json"
+            ) from err
     if fmt == "lsmha-committee-1":
         _, checkpoints = read_committee(path)
         specs = [CCTSpec.from_dict(load_facts(p)["spec"]) for p in checkpoints]

@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend (default: its own choice)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
     p.add_argument(
+        "--trust-native",
+        action="store_true",
+        help="let --backend auto open native packages (AOTInductor .pt2, TensorRT plans), which run code on "
+        "load: only for export directories you built or trust (naming --backend aoti/tensorrt also trusts them)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="OpenVINO's compiled-model cache (later starts load the compiled graph from there)",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
     )
     return add_exit_codes(p)
@@ -90,12 +102,13 @@ def serve(args: argparse.Namespace) -> int:
         raise CliError.environment(f"{PROG} needs the serve extra: pip install 'lsmha[serve]' ({err})") from None
     from ..engine import BACKENDS, BackendUnavailable, Committee, auto_order, check_options, load_source
 
-    load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
+    source = load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
     if not 0 <= args.port <= 65535:
         raise CliError.usage(f"--port must be between 0 and 65535, got {args.port}")
     if args.backend != "auto" and args.backend not in BACKENDS:
         raise CliError.usage(f"unknown --backend {args.backend!r}; known: auto, {', '.join(sorted(BACKENDS))}")
-    options = {} if args.threads is None else {"threads": args.threads}
+    given = {"threads": args.threads, "cache_dir": args.cache_dir}
+    options = {k: v for k, v in given.items() if v is not None}
     check_options(options, list(auto_order()) if args.backend == "auto" else [args.backend])  # before binding
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server: CommitteeServer | None = None
@@ -106,7 +119,10 @@ def serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
-    service = CommitteeService(lambda: Committee.load(args.dir, args.backend, **options), config, on_failure)
+    def load() -> Committee:  # the source read above: each file is read and hashed once
+        return Committee.load(source, args.backend, trust_native=args.trust_native, **options)
+
+    service = CommitteeService(load, config, on_failure)
     server = CommitteeServer(service, host=args.host, port=args.port, log_level=args.log_level)
     server.run()
     if service.failure is not None:

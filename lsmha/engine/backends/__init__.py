@@ -2,22 +2,25 @@
 
 A backend module defines
 
-    NAME: str                                       # its registry key, e.g. "onnxruntime"
-    def unavailable() -> str | None                 # why its packages/devices are missing, with the install hint
-    def open(source: Source, **options) -> Backend  # raise BackendUnavailable when `source` lacks its files
+    NAME: str                                        # its registry key, e.g. "onnxruntime"
+    NATIVE: bool (optional)                          # True: it loads native code from the directory
+    class Options(BackendOptions)                    # its options: a frozen dataclass of `option` fields
+    def unavailable() -> str | None                  # why its packages/devices are missing, with the install hint
+    def open(source: Source, options: Options) -> Backend  # BackendUnavailable when `source` lacks its files
 
 and is listed in `BACKENDS` below (heavy packages are imported inside `open`, so importing
-every backend module is cheap). `backend="auto"` tries `auto_order(device)` (fastest first)
-and logs which backend it took and why it skipped the others. Options are checked once,
-before the search: an option no backend takes is a TypeError; each candidate is handed the
-options its `open` takes.
+every backend module is cheap). Every construction path (`Committee`, verify, the bench)
+goes through `open_backend`. `backend="auto"` tries `auto_order(device)` (fastest first) and
+logs which backend it took and why it skipped the others. Options are checked once, before
+the search: a name no candidate takes, or a value no candidate taking it accepts, is a
+ValueError naming the option, the value and what is allowed. `auto` never opens a native
+backend (AOTInductor packages, TensorRT plans: code that runs on load) unless the caller
+says the directory is trusted (`trust_native=True`); naming such a backend is that consent.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,34 +33,41 @@ from . import (
     tensorrt_backend,
     torch_backend,
 )
-from .base import Backend, BackendUnavailable, FileBackend, Source, pick_files
+from .base import (
+    Backend,
+    BackendOptions,
+    BackendUnavailable,
+    FileBackend,
+    Source,
+    check_value,
+    pick_files,
+)
 
 log = logging.getLogger("lsmha.engine")
 
 
 @dataclass(frozen=True)
 class BackendKind:
-    """A registry entry: how to open a backend, and why it cannot run here (None: it can)."""
+    """A registry entry: its typed options, how to open it, why it cannot run here (None: it
+    can), and whether it loads native code from the export directory."""
 
-    open: Callable[..., Backend]
+    Options: type[BackendOptions]
+    open: Callable[[Source, Any], Backend]
     unavailable: Callable[[], str | None]
+    native: bool = False
 
     def options(self) -> set[str]:
-        """The keyword options `open` takes."""
-        params = list(inspect.signature(self.open).parameters.values())[1:]  # after `source`
-        return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        """The options this backend takes."""
+        return self.Options.names()
 
 
 BACKENDS: dict[str, BackendKind] = {
-    m.NAME: BackendKind(m.open, m.unavailable)
+    m.NAME: BackendKind(m.Options, m.open, m.unavailable, getattr(m, "NATIVE", False))
     for m in (torch_backend, onnxruntime_backend, openvino_backend, aoti_backend, tensorrt_backend, cuda_graph_backend)
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
-# On a CPU the order depends on whether it runs bf16 natively (docs/performance.md). With AMX
-# or AVX512_BF16, OpenVINO's bf16 committee graph beat ONNX Runtime fp32 on every row measured
-# (AMX Xeon 2.3-4.6x, AVX512_BF16 EPYC 1.2-3.9x). In f32, OpenVINO won on the AMX Xeon
-# (1.10-1.28x) but lost the committee rows on the EPYC (0.78-0.85x), so without bf16 ONNX
-# Runtime stays first; it beat the AOTInductor package on an AVX2 EPYC.
+# On a CPU, OpenVINO's bf16 graph goes first where the CPU runs bf16 natively (AMX or
+# AVX512_BF16); without it ONNX Runtime fp32 does (docs/performance.md has the measurements).
 CPU_AUTO_ORDER: tuple[str, ...] = ("openvino", "onnxruntime", "aoti", "torch")
 CPU_F32_AUTO_ORDER: tuple[str, ...] = ("onnxruntime", "openvino", "aoti", "torch")
 
@@ -87,62 +97,73 @@ def available_backends() -> dict[str, str | None]:
 
 
 def check_options(options: dict[str, Any], names: list[str]) -> None:
-    """Refuse options no backend among `names` takes (TypeError) and bad values (ValueError)."""
+    """Refuse, with a ValueError naming it, an option none of the backends `names` takes, or a
+    value none of those taking it accepts; a CUDA device where torch sees none is BackendUnavailable."""
     known = set().union(*(BACKENDS[n].options() for n in names))
     unknown = sorted(set(options) - known)
     if unknown:
-        raise TypeError(f"unknown backend option(s) {unknown}; the backends {names} take {sorted(known)}")
-    threads = options.get("threads")
-    if threads is not None:
-        limit = os.cpu_count() or 1
-        if isinstance(threads, bool) or not isinstance(threads, int):
-            raise TypeError(f"threads must be an int, got {threads!r} ({type(threads).__name__})")
-        if not 1 <= threads <= limit:
-            raise ValueError(f"threads must be between 1 and this machine's {limit} CPUs, got {threads}")
+        raise ValueError(f"unknown backend option(s) {unknown}; the backends {names} take {sorted(known)}")
+    for key, value in options.items():
+        errors = []
+        for n in names:
+            if key in BACKENDS[n].options():
+                try:
+                    check_value(BACKENDS[n].Options, key, value)
+                    break
+                except ValueError:
+                    errors.append(f"{n} takes {BACKENDS[n].Options.allowed(key)}")
+        else:
+            raise ValueError(f"backend option {key}={value!r} is not allowed: " + "; ".join(errors))
     device = options.get("device")
-    if device is not None:
-        if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
-            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-        if device.startswith("cuda"):
-            import torch
+    if isinstance(device, str) and device.startswith("cuda"):
+        import torch
 
-            if not torch.cuda.is_available():
-                raise BackendUnavailable(
-                    f"device={device!r} asked for, but torch {torch.__version__} sees no CUDA device "
-                    "(check nvidia-smi and CUDA_VISIBLE_DEVICES), or use device='cpu'"
-                )
+        if not torch.cuda.is_available():
+            raise BackendUnavailable(
+                f"device={device!r} asked for, but torch {torch.__version__} sees no CUDA device "
+                "(check nvidia-smi and CUDA_VISIBLE_DEVICES), or use device='cpu'"
+            )
 
 
-def _open(name: str, source: Source, options: dict[str, Any]) -> Backend:
+def _open(name: str, source: Source, options: BackendOptions) -> Backend:
     kind = BACKENDS[name]
     reason = kind.unavailable()
     if reason:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {reason}")
-    return kind.open(source, **options)
+    return kind.open(source, options)
 
 
-def open_backend(name: str, source: Source, **options: Any) -> Backend:
-    """Open backend `name` ("auto" or a registered name) on `source`.
+def open_backend(name: str, source: Source, *, trust_native: bool = False, **options: Any) -> Backend:
+    """Open backend `name` ("auto" or a registered name) on `source`: the one way a backend is built.
 
     "auto" tries `auto_order(options.get("device"))` and takes the first that opens, handing each
-    the options it takes; if none opens, BackendUnavailable lists each one's reason.
+    the options it takes; if none opens, BackendUnavailable lists each one's reason. It skips
+    native backends (AOTInductor, TensorRT) unless `trust_native`: their files run code on load.
 
     Raises:
-        ValueError: unknown backend name, bad option value.  TypeError: an option no backend takes.
+        ValueError: unknown backend name, an option no backend takes, a value none accepts.
     """
     if name != "auto":
         if name not in BACKENDS:
             raise ValueError(f"unknown backend {name!r}; known: auto, {', '.join(sorted(BACKENDS))}")
         check_options(options, [name])
-        return _open(name, source, options)
+        return _open(name, source, BACKENDS[name].Options(**options))
     order = [n for n in auto_order(options.get("device")) if n in BACKENDS]
     check_options(options, order)
     skipped = []
     for candidate in order:
-        taken = BACKENDS[candidate].options()
-        mine = {k: v for k, v in options.items() if k in taken}
+        kind = BACKENDS[candidate]
+        if kind.native and not trust_native:
+            skipped.append(f"{candidate}: native code, opened only by name or with trust_native=True")
+            continue
+        mine = {k: v for k, v in options.items() if k in kind.options()}
         try:
-            backend = _open(candidate, source, mine)
+            typed = kind.Options(**mine)
+        except ValueError as err:
+            skipped.append(f"{candidate}: {err}")
+            continue
+        try:
+            backend = _open(candidate, source, typed)
         except (BackendUnavailable, ImportError) as err:
             skipped.append(f"{candidate}: {err}")
             continue
@@ -164,6 +185,7 @@ __all__ = [
     "CPU_F32_AUTO_ORDER",
     "Backend",
     "BackendKind",
+    "BackendOptions",
     "BackendUnavailable",
     "FileBackend",
     "Source",

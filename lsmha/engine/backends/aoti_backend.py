@@ -9,13 +9,24 @@ in as float32 (uint8 is widened exactly: the graph standardises each image).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import BackendUnavailable, FileBackend, Source, pick_files
+from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, OneOf, Source, option, pick_files
 
 NAME = "aoti"
+NATIVE = True  # a package is a shared library: `auto` opens it only from a trusted directory
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """device: "cpu" or "cuda"; None takes CUDA when torch sees a device and a CUDA package exists,
+    else CPU. precision: the packages' precision."""
+
+    device: str | None = option(None, Devices())
+    precision: str = option("fp32", OneOf(("fp32", "fp16", "bf16")))
 
 
 def unavailable() -> str | None:
@@ -64,12 +75,8 @@ class AotiBackend(FileBackend):
             return super()._run(images, want_members)
 
 
-def open(source: Source, device: str | None = None, precision: str = "fp32") -> AotiBackend:
-    """Open the `.pt2` packages of `source`'s export directory.
-
-    Args:
-        device: "cpu" or "cuda"; None takes CUDA when torch sees a device and a CUDA package exists, else CPU.
-        precision: the packages' precision ("fp32" default, "fp16", "bf16").
+def open(source: Source, options: Options) -> AotiBackend:
+    """Open the `.pt2` packages of `source`'s export directory (see `Options`).
 
     Raises:
         BackendUnavailable: no package for (device, precision), or one built for another torch/CPU/GPU
@@ -79,6 +86,7 @@ def open(source: Source, device: str | None = None, precision: str = "fp32") -> 
 
     from .aoti_runtime import AotiPackage, PackageMismatch
 
+    device, precision = options.device, options.precision
     if device is None:
         device = "cpu"
         if torch.cuda.is_available() and source.manifest is not None:
@@ -87,8 +95,6 @@ def open(source: Source, device: str | None = None, precision: str = "fp32") -> 
             ]
             device = "cuda" if cuda else "cpu"
     kind = torch.device(device).type
-    if kind not in ("cpu", "cuda"):
-        raise BackendUnavailable(f"aoti backend: device must be 'cpu' or 'cuda', got {device!r}")
     directory = source.manifest.directory if source.manifest else "DIR"
     entries, whole = pick_files(
         source,

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,110 @@ if TYPE_CHECKING:
 
 class BackendUnavailable(RuntimeError):
     """A backend cannot run here or cannot run this source; the message says why and what to do."""
+
+
+class Allowed(abc.ABC):
+    """The values one backend option takes."""
+
+    @abc.abstractmethod
+    def accepts(self, value: Any) -> bool: ...
+
+    @abc.abstractmethod
+    def __str__(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class OneOf(Allowed):
+    """One of the listed values (compared with their type: True is not 1)."""
+
+    values: tuple[Any, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(map(repr, self.values))
+
+
+@dataclass(frozen=True)
+class IntRange(Allowed):
+    """An int in [low, high] (high None: this machine's CPU count), or None when `optional`."""
+
+    low: int = 1
+    high: int | None = None
+    optional: bool = True
+
+    def limit(self) -> int:
+        return self.high if self.high is not None else os.cpu_count() or 1
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        return type(value) is int and self.low <= value <= self.limit()
+
+    def __str__(self) -> str:
+        return f"an int in {self.low}..{self.limit()}" + (" or None" if self.optional else "")
+
+
+@dataclass(frozen=True)
+class Devices(Allowed):
+    """None (the backend's default), or a device of the listed kinds: "cpu", "cuda" or "cuda:N"."""
+
+    kinds: tuple[str, ...] = ("cpu", "cuda")
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return True
+        if not isinstance(value, str):
+            return False
+        kind, _, index = value.partition(":")
+        return kind in self.kinds and (not index or (kind == "cuda" and index.isdigit()))
+
+    def __str__(self) -> str:
+        return "None or " + ", ".join(k if k == "cpu" else f"{k!r}, 'cuda:N'" for k in self.kinds)
+
+
+@dataclass(frozen=True)
+class AnyPath(Allowed):
+    """None or a filesystem path (str or os.PathLike)."""
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or isinstance(value, (str, os.PathLike))
+
+    def __str__(self) -> str:
+        return "None or a path"
+
+
+def option(default: Any, allowed: Allowed) -> Any:
+    """A backend option: a dataclass field with its default and the values it takes."""
+    return field(default=default, metadata={"allowed": allowed})
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Base of each backend's typed options (a frozen dataclass of `option` fields). Building one
+    checks every value: a bad one is a ValueError naming the option, the value and what it takes."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_value(type(self), f.name, getattr(self, f.name))
+
+    @classmethod
+    def names(cls) -> set[str]:
+        """The options this backend takes."""
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def allowed(cls, name: str) -> Allowed:
+        """What option `name` takes."""
+        return next(f.metadata["allowed"] for f in fields(cls) if f.name == name)
+
+
+def check_value(options: type[BackendOptions], name: str, value: Any) -> None:
+    """ValueError unless `options` takes `value` for option `name`."""
+    allowed = options.allowed(name)
+    if not allowed.accepts(value):
+        raise ValueError(f"backend option {name}={value!r} is not allowed: it takes {allowed}")
 
 
 @dataclass

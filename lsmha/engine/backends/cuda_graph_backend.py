@@ -27,19 +27,41 @@ The capture itself is `lsmha.engine.cuda_graph.CapturedGraphs`.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, Source
+from .base import Backend, BackendOptions, BackendUnavailable, Devices, IntRange, OneOf, Source, option
 
 NAME = "cuda-graph"
 PRECISIONS = ("bf16", "fp16", "fp32")
 COMPILE_MODES = ("default", "max-autotune", "off")
 INPUTS = ("uint8", "float")
+BOOL = OneOf((True, False))
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """The engine's levers (see `CudaGraphCommittee`); device: "cuda", "cuda:N" or None (the current one)."""
+
+    device: str | None = option(None, Devices(("cuda",)))
+    precision: str = option("bf16", OneOf(PRECISIONS))
+    max_batch: int = option(256, IntRange(1, 1 << 16, optional=False))
+    stack: str = option("shape", OneOf(("shape", "pad", "off")))
+    sdpa: str = option("per-heads", OneOf(("per-heads", "one")))
+    bias: str = option("baddbmm", OneOf(("baddbmm", "fused")))
+    streams: bool = option(True, BOOL)
+    compile: str = option("default", OneOf(COMPILE_MODES))
+    one_graph: bool = option(False, BOOL)
+    input: str = option("uint8", OneOf(INPUTS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.one_graph and self.compile == "off":
+            raise ValueError("one_graph=True compiles the whole forward: it needs compile='default' or 'max-autotune'")
 
 
 def unavailable() -> str | None:
@@ -100,8 +122,6 @@ class CudaGraphCommittee:
             inductor's combo kernels (horizontal fusion of independent kernels); one stream.
         input: "uint8" keeps uint8 batches uint8 up to the graph, which casts them; "float"
             copies every batch into a float32 buffer first.
-        dynamic: torch.compile's `dynamic` (None: static for the first bucket, one
-            dynamic-batch recompile for the others; False: one compile per bucket).
 
     Raises:
         BackendUnavailable: no CUDA device, or bf16 asked on a GPU without bf16.
@@ -121,7 +141,6 @@ class CudaGraphCommittee:
         compile: str = "default",
         one_graph: bool = False,
         input: str = "uint8",
-        dynamic: bool | None = None,
     ) -> None:
         reason = unavailable()
         if reason:
@@ -131,12 +150,7 @@ class CudaGraphCommittee:
         from ..cuda_graph import CapturedGraphs, allow_recompiles, fork_join
         from ..stacked import StackedCommittee
 
-        for what, value, allowed in (("precision", precision, PRECISIONS), ("compile", compile, COMPILE_MODES),
-                                     ("input", input, INPUTS)):  # fmt: skip
-            if value not in allowed:
-                raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
-        if one_graph and compile == "off":
-            raise ValueError("one_graph=True compiles the whole forward: it needs compile='default' or 'max-autotune'")
+        Options(None, precision, max_batch, stack, sdpa, bias, streams, compile, one_graph, input)
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendUnavailable(f"backend {NAME!r} runs on a CUDA device, got device={device!r}")
@@ -163,7 +177,7 @@ class CudaGraphCommittee:
         if one_graph:
             # combo kernels: inductor fuses independent kernels (the units' side by side) horizontally
             options["combo_kernels"] = True
-            self._forward = torch.compile(self.program.member_and_sum, dynamic=dynamic, options=options)
+            self._forward = torch.compile(self.program.member_and_sum, options=options)
             self.streams = None
         else:
             prepare, combine = self.program.prepare, self._combine
@@ -171,8 +185,8 @@ class CudaGraphCommittee:
                 # units of one class share a code object across engines: one cache entry per unit and
                 # batch shape (replays never evaluate the guards, so a long cache list costs nothing)
                 allow_recompiles(max(64, len(units) * (len(self.buckets) + 1) + 8))
-                prepare, combine = (torch.compile(f, dynamic=dynamic, options=options) for f in (prepare, combine))
-                units = [torch.compile(u, dynamic=dynamic, options=options) for u in units]
+                prepare, combine = (torch.compile(f, options=options) for f in (prepare, combine))
+                units = [torch.compile(u, options=options) for u in units]
             self.streams = [torch.cuda.Stream(self.device) for _ in units] if streams and len(units) > 1 else None
 
             def forward(static_in: Any) -> tuple[Any, Any]:
@@ -181,7 +195,6 @@ class CudaGraphCommittee:
                 return combine(outs)
 
             self._forward = forward
-        self.compile_mode = compile
         self._graphs = CapturedGraphs(self._forward, self.device)
         levers = f"stack={stack}, sdpa={sdpa}, bias={bias}, input={input}" + (", one graph" if one_graph else "")
         self.name = (
@@ -272,23 +285,8 @@ class CudaGraphBackend(Backend):
         self.engine.close()
 
 
-def open(source: Source, device: str | None = None, **options: Any) -> CudaGraphBackend:
+def open(source: Source, options: Options) -> CudaGraphBackend:
     """Open the cuda-graph backend on `source`'s torch weights (models, checkpoints or
-    the export's safetensors). Options: those of `CudaGraphCommittee` (see `OPTIONS`)."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise BackendUnavailable(
-            f"cuda-graph backend: unknown option(s) {unknown}; it takes device, {', '.join(OPTIONS)}"
-        )
-    if device is not None and not str(device).startswith("cuda"):
-        raise BackendUnavailable(f"cuda-graph backend runs on CUDA devices only, asked for device={device!r}")
-    return CudaGraphBackend(CudaGraphCommittee(source.torch_models(), device=device or "cuda", **options))
-
-
-# the engine's keyword options, written once (on CudaGraphCommittee); `open` shows them as its own
-# parameters, which is where the backend registry reads the options a backend takes
-OPTIONS = {
-    name: p for name, p in inspect.signature(CudaGraphCommittee).parameters.items() if name not in ("models", "device")
-}
-_open_params = list(inspect.signature(open).parameters.values())[:2]  # source, device
-open.__signature__ = inspect.Signature([*_open_params, *OPTIONS.values()], return_annotation=CudaGraphBackend)
+    the export's safetensors), with the levers in `options`."""
+    levers = {k: v for k, v in asdict(options).items() if k != "device"}
+    return CudaGraphBackend(CudaGraphCommittee(source.torch_models(), device=options.device or "cuda", **levers))

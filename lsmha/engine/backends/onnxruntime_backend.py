@@ -11,16 +11,28 @@ actually holds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..cpu import physical_cores
-from .base import BackendUnavailable, FileBackend, Source, pick_files
+from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, IntRange, OneOf, Source, option, pick_files
 
 NAME = "onnxruntime"
 VARIANTS = ("fp32", "fp16", "int8")  # fp16 and int8 (ORT dynamic quantisation) are opt-in exports
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """precision: "fp32", or the opt-in exports "fp16" and "int8" (ORT dynamic int8
+    quantisation of MatMul/Gemm; see `lsmha.export.onnx`); device: "cpu", "cuda[:N]" or None
+    (CUDA when present); threads: intra-op threads (None: physical cores)."""
+
+    precision: str = option("fp32", OneOf(VARIANTS))
+    device: str | None = option(None, Devices())
+    threads: int | None = option(None, IntRange())
 
 
 def unavailable() -> str | None:
@@ -116,24 +128,9 @@ class OnnxRuntimeBackend(FileBackend):
         return runner.run(x)
 
 
-def open(
-    source: Source,
-    precision: str = "fp32",
-    device: str | None = None,
-    threads: int | None = None,
-    rewrite: bool = True,
-) -> OnnxRuntimeBackend:
-    """Open the exported ONNX files of `source` in ONNX Runtime.
-
-    Args:
-        precision: "fp32" (default), or the opt-in exports "fp16" and "int8"
-            (ORT dynamic int8 quantisation of MatMul/Gemm; see `lsmha.export.onnx`).
-        device: "cpu", "cuda[:N]" or None (CUDA when present).
-        threads: intra-op threads (default: physical cores).
-        rewrite: run attention as 3-D `Attention` nodes (see `OnnxSession`).
-    """
-    if precision not in VARIANTS:
-        raise BackendUnavailable(f"onnxruntime backend runs {VARIANTS}, asked for precision={precision!r}")
+def open(source: Source, options: Options) -> OnnxRuntimeBackend:
+    """Open the exported ONNX files of `source` in ONNX Runtime (see `Options`)."""
+    precision = options.precision
     entries, whole = pick_files(source, "onnx", precision, f"lsmha-export onnx --precision {precision}", "ONNX graph")
-    sessions = [OnnxSession(source.manifest.path_of(e), device, threads, rewrite) for e in entries]
+    sessions = [OnnxSession(source.manifest.path_of(e), options.device, options.threads) for e in entries]
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

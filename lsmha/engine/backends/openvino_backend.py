@@ -28,13 +28,14 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...artifacts import COMMITTEE
 from ..cpu import BF16_FLAGS, CpuInfo, cpu_info
-from .base import Backend, BackendUnavailable, Source
+from .base import AnyPath, Backend, BackendOptions, BackendUnavailable, Devices, IntRange, OneOf, Source, option
 
 NAME = "openvino"
 MIN_VERSION = (2025, 1)  # the pyproject floor: reads the export's opset-23 Attention
@@ -42,6 +43,21 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MODES = ("auto", "latency", "throughput")
 THROUGHPUT_FROM = 8  # images per call from which mode "auto" takes the throughput graph
 INSTALL = "pip install -U openvino"
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """precision: "auto" (bf16 with AMX or AVX512_BF16, else f32), "fp32" or "bf16"; device: the
+    CPU only; mode: "auto" (latency below `THROUGHPUT_FROM` images a call, throughput from
+    there), "latency" (one request) or "throughput" (streams, a request pool); threads:
+    INFERENCE_NUM_THREADS (None: the plugin's choice, one per physical core); cache_dir:
+    OpenVINO's CACHE_DIR, where compiled blobs are kept for later opens to load."""
+
+    precision: str = option("auto", OneOf(PRECISIONS))
+    device: str | None = option(None, Devices(("cpu",)))
+    mode: str = option("auto", OneOf(MODES))
+    threads: int | None = option(None, IntRange())
+    cache_dir: str | None = option(None, AnyPath())
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -73,8 +89,6 @@ def choose_precision(precision: str, cpu: CpuInfo, capabilities: Sequence[str] =
         capabilities: OpenVINO's `OPTIMIZATION_CAPABILITIES` for the CPU; decides bf16
             only where the flags cannot be read (not Linux).
     """
-    if precision not in PRECISIONS:
-        raise BackendUnavailable(f"openvino backend runs precision {PRECISIONS}, asked for precision={precision!r}")
     has_bf16 = cpu.has_bf16 if cpu.has_bf16 is not None else "BF16" in capabilities
     if precision == "fp32":
         return "fp32"
@@ -98,8 +112,6 @@ def compile_config(precision: str, mode: str, threads: int | None = None) -> dic
         "PERFORMANCE_HINT": mode.upper(),
     }
     if threads is not None:
-        if threads < 1:
-            raise BackendUnavailable(f"openvino backend: threads must be >= 1, got {threads}")
         config["INFERENCE_NUM_THREADS"] = threads
     return config
 
@@ -143,8 +155,6 @@ class OpenVinoBackend(Backend):
     def __init__(
         self, model: Any, core: Any, precision: str, mode: str, num_members: int, threads: int | None = None
     ) -> None:
-        if mode not in MODES:
-            raise BackendUnavailable(f"openvino backend: mode must be one of {MODES}, got {mode!r}")
         self.model = model  # the float32-input graph as read from the verified file
         self.core = core
         self.mode = mode
@@ -192,26 +202,8 @@ def uint8_input(model: Any) -> Any:
     return ppp.build()
 
 
-def open(
-    source: Source,
-    precision: str = "auto",
-    device: str | None = None,
-    mode: str = "auto",
-    threads: int | None = None,
-    cache_dir: str | None = None,
-) -> OpenVinoBackend:
-    """Compile the export's committee graph with OpenVINO for the CPU.
-
-    Args:
-        precision: "auto" (bf16 with AMX or AVX512_BF16, else f32), "fp32" or "bf16".
-        device: None or "cpu" (the backend runs on the CPU only).
-        mode: "auto" (latency below `THROUGHPUT_FROM` images a call, throughput from there),
-            "latency" (one request) or "throughput" (streams, a request pool).
-        threads: INFERENCE_NUM_THREADS (default: the plugin's choice, one per physical core).
-        cache_dir: OpenVINO's CACHE_DIR: compiled blobs kept there, later opens load them.
-    """
-    if device not in (None, "cpu"):
-        raise BackendUnavailable(f"openvino backend runs on the CPU only, asked for device={device!r}")
+def open(source: Source, options: Options) -> OpenVinoBackend:
+    """Compile the export's committee graph with OpenVINO for the CPU (see `Options`)."""
     manifest = source.manifest
     if manifest is None:
         raise BackendUnavailable(
@@ -226,8 +218,9 @@ def open(
     import openvino as ov
 
     core = ov.Core()
-    if cache_dir is not None:
-        core.set_property({"CACHE_DIR": str(cache_dir)})
-    chosen = choose_precision(precision, cpu_info(), core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    if options.cache_dir is not None:
+        core.set_property({"CACHE_DIR": str(options.cache_dir)})
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    chosen = choose_precision(options.precision, cpu_info(), capabilities)
     model = core.read_model(str(manifest.path_of(entries[0])))
-    return OpenVinoBackend(model, core, chosen, mode, len(source.specs), threads)
+    return OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)

@@ -8,14 +8,25 @@ command rebuilds it. Calls are chunked to the plan profile's max batch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import BackendUnavailable, FileBackend, Source, pick_files
+from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, OneOf, Source, option, pick_files
 
 NAME = "tensorrt"
+NATIVE = True  # a plan is deserialised native code: `auto` opens it only from a trusted directory
 PREFERENCE = ("fp16", "bf16", "fp32")  # precision taken when none is asked for
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """device: "cuda" or "cuda:N" (None: the current CUDA device); precision: the plans'
+    precision (None takes the first of fp16, bf16, fp32 exported)."""
+
+    device: str | None = option(None, Devices(("cuda",)))
+    precision: str | None = option(None, OneOf((None, *PREFERENCE)))
 
 
 def unavailable() -> str | None:
@@ -73,12 +84,8 @@ class TensorRTBackend(FileBackend):
         return out.float().cpu().numpy()
 
 
-def open(source: Source, device: str | None = None, precision: str | None = None) -> TensorRTBackend:
-    """Open the TensorRT plans of `source`'s export directory.
-
-    Args:
-        device: "cuda" or "cuda:N" (default: the current CUDA device).
-        precision: the plans' precision; None takes the first of fp16, bf16, fp32 exported.
+def open(source: Source, options: Options) -> TensorRTBackend:
+    """Open the TensorRT plans of `source`'s export directory (see `Options`).
 
     Raises:
         BackendUnavailable: no plan, TensorRT or GPU missing, or a plan built for another
@@ -89,9 +96,8 @@ def open(source: Source, device: str | None = None, precision: str | None = None
     from ...artifacts.compiled import TensorRTUnavailable
     from .tensorrt_runtime import PlanMismatch, TensorRTEngine
 
-    if device is not None and not str(device).startswith("cuda"):
-        raise BackendUnavailable(f"tensorrt backend runs on CUDA devices only, asked for device={device!r}")
-    entries, whole, chosen = pick_plans(source, precision)
+    device = options.device
+    entries, whole, chosen = pick_plans(source, options.precision)
     index = torch.device(device).index if device else None
     index = torch.cuda.current_device() if index is None else index
     try:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import Backend, BackendUnavailable, Source
+from .base import Backend, BackendOptions, Devices, OneOf, Source, option
 
 NAME = "torch"
+
+
+@dataclass(frozen=True)
+class Options(BackendOptions):
+    """device: torch device (default: where the members are); precision: fp32 only."""
+
+    device: str | None = option(None, Devices())
+    precision: str = option("fp32", OneOf(("fp32",)))
 
 
 def unavailable() -> str | None:
@@ -58,8 +67,6 @@ class TorchBackend(Backend):
             return total.cpu().numpy()
 
 
-def open(source: Source, device: str | None = None, precision: str = "fp32") -> TorchBackend:
+def open(source: Source, options: Options) -> TorchBackend:
     """Open the torch backend on `source`'s models (loaded from checkpoints or the export's safetensors)."""
-    if precision != "fp32":
-        raise BackendUnavailable(f"torch backend runs fp32 only, asked for precision={precision!r}")
-    return TorchBackend(source.torch_models(), device=device)
+    return TorchBackend(source.torch_models(), device=options.device)
