@@ -13,6 +13,7 @@ import torch
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from ..models import committee_specs, parse_committee
 from ..tables import format_table
+from .adaptive import add_adaptive_parser
 from .backends import CUDA_ONLY, RUNNERS, default_backends
 from .gpu import add_gpu_parser
 from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gpu_parser(sub)
     add_train_parser(sub)
     add_study_parser(sub)
+    add_adaptive_parser(sub)
     add_plot_parser(sub)
     return add_exit_codes(parser)
 

@@ -6,6 +6,7 @@
     GET  /v2/models/{name}          model metadata: inputs, outputs, members, backend
     GET  /v2/models/{name}/ready    as /v2/health/ready, for this model
     POST /v2/models/{name}/infer    JSON or binary tensors in, logits / label / member_logits out
+                                    (and members_run, always, from an adaptive committee)
     (each of the three also as /v2/models/{name}/versions/1/...)
     GET  /metrics                   Prometheus text
 
@@ -22,6 +23,7 @@ requests and answering health checks meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
@@ -71,7 +73,7 @@ class CommitteeService:
         on_load_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.loader, self.config, self.on_load_failure = loader, config, on_load_failure
-        self.metrics = ServerMetrics(config.max_batch, config.name)
+        self.metrics = ServerMetrics(config.max_batch, config.name, adaptive=config.adaptive)
         self.batcher = DynamicBatcher(
             self.run,
             max_batch=config.max_batch,
@@ -138,17 +140,23 @@ class CommitteeService:
 
     @staticmethod
     def _compute(committee: Any, images: np.ndarray, key: BatchKey) -> dict[str, np.ndarray]:
-        if key.member_logits:
+        everyone = np.full(len(images), len(committee), dtype=np.int64)
+        if key.member_logits:  # every member runs, adaptive or not
             members = committee.member_logits(images)  # (M, N, classes)
             logits = members.sum(axis=0)
-            out = {"member_logits": np.ascontiguousarray(members.transpose(1, 0, 2))}
+            out = {"member_logits": np.ascontiguousarray(members.transpose(1, 0, 2)), "members_run": everyone}
+        elif hasattr(committee, "decide"):  # an AdaptiveCommittee: logits are the partial sums decided on
+            decided = committee.decide(images)
+            logits, out = decided.logits, {"members_run": decided.members_run}
         else:
-            logits, out = committee.predict_logits(images), {}
+            logits, out = committee.predict_logits(images), {"members_run": everyone}
         return {"logits": logits, "label": logits.argmax(axis=1).astype(np.int64), **out}
 
     def run(self, images: np.ndarray, key: BatchKey) -> dict[str, np.ndarray]:
         """One executed batch: every output, batch axis first (the batcher's `run`)."""
-        return self._compute(self.committee, images, key)
+        outputs = self._compute(self.committee, images, key)
+        self.metrics.count_members_run(outputs["members_run"])
+        return outputs
 
     def metadata(self) -> dict[str, Any]:
         c, s = self.committee, self.spec
@@ -168,7 +176,8 @@ class CommitteeService:
                 {"name": "logits", "datatype": "FP32", "shape": [-1, c.num_classes]},
                 {"name": "label", "datatype": "INT64", "shape": [-1]},
                 {"name": "member_logits", "datatype": "FP32", "shape": [-1, len(c.members), c.num_classes]},
-            ],
+            ]
+            + ([{"name": "members_run", "datatype": "INT64", "shape": [-1]}] if self.config.adaptive else []),
         }
 
 
@@ -297,6 +306,8 @@ def create_app(service: CommitteeService) -> FastAPI:
                 check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
             body = await _read_body(request, config.max_body_bytes, config.body_timeout_s)
             req = await service.decode(body, header_length)
+            if config.adaptive and "members_run" not in req.outputs:  # every adaptive answer says it
+                req = dataclasses.replace(req, outputs=(*req.outputs, "members_run"))
             rows = await service.batcher.submit(req.images, key=BatchKey.of(req.images, req.wants_members))
         except ProtocolError as err:
             metrics.error(ERROR_KINDS.get(err.status, "bad_request"))

@@ -20,6 +20,8 @@ class ServeConfig:
         shutdown_timeout_s: on SIGTERM, longest to wait for requests in flight before they are
             cancelled and the process exits.
         warmup: run the committee on every accepted input kind before reporting ready.
+        adaptive: the committee is an `AdaptiveCommittee` (`Committee.load(..., adaptive=True)`):
+            every response carries `members_run`, and /metrics has its histogram.
     """
 
     name: str = "lsmha_committee"
@@ -30,6 +32,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
     warmup: bool = True
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         bad = [

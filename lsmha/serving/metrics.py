@@ -11,10 +11,12 @@ lsmha_queue_seconds            histogram: time a request waited before its batch
 lsmha_compute_seconds          histogram: time one batch spent in the committee
 lsmha_queue_depth              gauge: requests waiting for a batch
 lsmha_ready                    gauge: 1 once the committee is loaded and warmed up
+lsmha_members_run              histogram: members run per answered image (adaptive servers only)
 """
 
 from __future__ import annotations
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
@@ -51,9 +53,10 @@ class ServerMetrics:
     Args:
         max_batch: the server's largest batch (an exact bucket of the batch histograms).
         model: the served model name; requests for it count under its own label.
+        adaptive: also count members run per image (`lsmha_members_run`).
     """
 
-    def __init__(self, max_batch: int, model: str = "lsmha_committee") -> None:
+    def __init__(self, max_batch: int, model: str = "lsmha_committee", adaptive: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.model = model
         r = self.registry
@@ -74,6 +77,11 @@ class ServerMetrics:
         )
         self.queue_depth = Gauge("lsmha_queue_depth", "Requests waiting for a batch.", registry=r)
         self.ready = Gauge("lsmha_ready", "1 once the committee is loaded and warmed up.", registry=r)
+        self.members_run = (
+            Histogram("lsmha_members_run", "Members run per answered image.", buckets=tuple(range(1, 17)), registry=r)
+            if adaptive
+            else None
+        )
         self.requests.labels(model=model)  # series exist at 0 from the start, so rates work at once
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
@@ -87,6 +95,12 @@ class ServerMetrics:
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
         self.errors.labels(kind=kind).inc()
+
+    def count_members_run(self, members_run: np.ndarray) -> None:
+        """Add one batch's members run per image to the histogram (adaptive servers)."""
+        if self.members_run is not None:
+            for value in members_run.tolist():
+                self.members_run.observe(value)
 
     def value(self, name: str, **labels: str) -> float:
         """One sample's current value, by its exposed name (`lsmha_errors_total`,

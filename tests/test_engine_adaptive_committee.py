@@ -1,0 +1,174 @@
+"""The adaptive committee at run time: `lsmha-export calibrate` (member graphs, hashed thresholds),
+`AdaptiveCommittee.load(DIR)` (what `Committee.load(DIR, adaptive=True)` returns) on torch,
+onnxruntime and openvino against the rule computed on precomputed logits, gather/scatter on a
+mixed batch, members run, and the errors."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from lsmha.artifacts import read_manifest
+from lsmha.engine import Committee, available_backends
+from lsmha.engine.adaptive import Calibration, apply_rule, margins, partial_sums, read_calibration, write_calibration
+from lsmha.engine.adaptive_committee import AdaptiveCommittee
+from lsmha.export.cli import main as export_main
+from lsmha.export.onnx import export_onnx
+from lsmha.models import CCT, CCTSpec
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Three tiny random members for 32x32 images (digits), exported without per-member graphs."""
+    torch.manual_seed(0)
+    base = dict(n_conv=1, n_blocks=1, num_classes=10, img_size=32, attn_dropout=0.0, drop_path=0.0)
+    members = [CCT(CCTSpec(**base, dim=d, heads=2, name=f"m{i}")).eval() for i, d in enumerate((48, 32, 40))]
+    for m in members:  # decisive logits, as a trained model has
+        m.fc.weight.data *= 30
+    out = tmp_path_factory.mktemp("adaptive_export")
+    export_onnx(members, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def calibrated(exported, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adaptive_calibrated") / "export"
+    shutil.copytree(exported, out)
+    report = out.parent / "calibration.json"
+    code = export_main(
+        ["calibrate", str(out), "--dataset", "digits", "--target", "0.99", "--backend", "onnxruntime",
+         "--no-progress", "--json", str(report)]
+    )  # fmt: skip
+    assert code == 0
+    return out, json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(3).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+
+
+def _set_thresholds(directory, thresholds, order):
+    cal = Calibration(list(order), list(thresholds), 0.99, 1, 1.0, 1.0, [1, 0, 0], {"dataset": "test"})
+    write_calibration(directory, cal)
+
+
+def _mixed_thresholds(member_logits, order):
+    """Thresholds leaving about a third of the images after one member and another third after two,
+    halfway between neighbouring margins so that no image sits on a threshold."""
+    sums = partial_sums(member_logits, order)
+    n = member_logits.shape[1]
+    first = np.sort(margins(sums[0]))
+    tau1 = float((first[2 * n // 3 - 1] + first[2 * n // 3]) / 2)
+    rest = margins(sums[1])[margins(sums[0]) < tau1]
+    second = np.sort(rest)
+    k = len(second) // 2
+    return [tau1, float((second[k - 1] + second[k]) / 2)]
+
+
+def test_without_thresholds_the_error_names_the_command(exported):
+    with pytest.raises(ValueError, match=r"no adaptive thresholds; calibrate them first: `lsmha-export calibrate "):
+        AdaptiveCommittee.load(exported, "torch")
+
+
+def test_calibrate_writes_member_graphs_and_hashed_thresholds(calibrated):
+    out, report = calibrated
+    manifest = read_manifest(out)  # every hash verified
+    paths = {e.path: e for e in manifest.files}
+    assert {"member0.onnx", "member1.onnx", "member2.onnx", "committee.onnx", "adaptive.json"} <= set(paths)
+    assert [paths[f"member{i}.onnx"].scope for i in range(3)] == [0, 1, 2]
+    entry = paths["adaptive.json"]
+    facts = entry.extra
+    assert facts["dataset"] == "digits" and facts["split"] == "val" and facts["n"] == 359
+    assert facts["target"] == 0.99 and facts["agreement"] >= 0.99
+    assert facts["order"] == [1, 2, 0]  # cheapest first: dims 32, 40, 48
+    assert len(facts["thresholds"]) == 2 and sum(facts["members_run"]) == 359
+    assert facts["mean_members_run"] == pytest.approx(
+        sum((k + 1) * c for k, c in enumerate(facts["members_run"])) / 359
+    )
+    assert report == facts
+    cal = read_calibration(manifest)
+    assert cal.order == [1, 2, 0] and cal.n == 359
+
+
+def test_a_modified_calibration_is_refused(calibrated, tmp_path):
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    doc = json.loads((copy / "adaptive.json").read_text())
+    doc["thresholds"] = [0.0, 0.0]
+    (copy / "adaptive.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="adaptive.json does not match its sha256"):
+        AdaptiveCommittee.load(copy, "torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
+def test_adaptive_decisions_follow_the_rule_on_a_mixed_batch(calibrated, images, tmp_path, backend):
+    reason = available_backends()[backend]
+    if reason:
+        pytest.skip(reason)
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    order = [2, 0, 1]
+    reference = Committee.load(copy, backend)
+    member_logits = reference.member_logits(images)
+    thresholds = _mixed_thresholds(member_logits, order)
+    _set_thresholds(copy, thresholds, order)
+    adaptive = AdaptiveCommittee.load(copy, backend, batch_size=16)  # 40 images: three chunks
+    assert isinstance(adaptive, AdaptiveCommittee) and adaptive.backend.startswith(f"adaptive[{backend}")
+    decisions, runs = adaptive.predict(images, return_members_run=True)
+    expected = apply_rule(member_logits, thresholds, order)
+    np.testing.assert_array_equal(runs, expected.members_run)
+    assert (np.bincount(runs, minlength=4)[1:] > 0).all()  # a mixed batch: some leave at each stage
+    np.testing.assert_array_equal(decisions, expected.decisions)
+    np.testing.assert_allclose(adaptive.predict_logits(images), expected.logits, rtol=1e-4, atol=1e-4)
+    full = reference.predict(images)
+    np.testing.assert_array_equal(decisions[runs == 3], full[runs == 3])  # the last member decides
+    np.testing.assert_array_equal(adaptive.full_predict(images), full)
+    adaptive.close()
+    reference.close()
+
+
+def test_each_member_runs_only_on_the_undecided_images(calibrated, images, tmp_path):
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    order = [2, 0, 1]
+    member_logits = Committee.load(copy, "torch").member_logits(images)
+    thresholds = _mixed_thresholds(member_logits, order)
+    _set_thresholds(copy, thresholds, order)
+    adaptive = AdaptiveCommittee.load(copy, "torch")
+    seen = []
+    run_member = adaptive.runner.member
+
+    def recording(index, batch):
+        seen.append((index, len(batch)))
+        return run_member(index, batch)
+
+    adaptive.runner.member = recording
+    decisions, runs = adaptive.predict(images, return_members_run=True)
+    assert [i for i, _ in seen] == order
+    assert [n for _, n in seen] == [40, int((runs >= 2).sum()), int((runs == 3).sum())]
+    # gathered rows come back to their own images: each image's logits are its own members' sum
+    stage = runs - 1
+    expected = partial_sums(member_logits, order)[stage, np.arange(40)]
+    np.testing.assert_allclose(adaptive.predict_logits(images), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_thresholds_at_the_extremes(calibrated, images, tmp_path):
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    reference = Committee.load(copy, "torch")
+    _set_thresholds(copy, [0.0, 0.0], [1, 2, 0])  # every margin is >= 0: the first member decides
+    first, runs = AdaptiveCommittee.load(copy, "torch").predict(images, return_members_run=True)
+    np.testing.assert_array_equal(runs, np.ones(40))
+    np.testing.assert_array_equal(first, reference.member_logits(images)[1].argmax(1))
+    _set_thresholds(copy, [math.inf, math.inf], [1, 2, 0])  # nobody leaves: the full committee
+    full, runs = AdaptiveCommittee.load(copy, "torch").predict(images, return_members_run=True)
+    np.testing.assert_array_equal(runs, np.full(40, 3))
+    np.testing.assert_array_equal(full, reference.predict(images))
