@@ -138,6 +138,7 @@ class ExportManifest(SpecFacts):
     specs: list[CCTSpec]
     files: list[FileEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True  # False from the export's first file until its last is listed
 
     def find(
         self, format: str | None = None, precision: str | None = None, scope: str | int | None = None
@@ -175,6 +176,7 @@ class ExportManifest(SpecFacts):
             "img_size": self.img_size,
             "in_chans": self.in_chans,
             "files": [e.to_dict() for e in self.files],
+            "complete": self.complete,
             **self.extra,
         }
 
@@ -226,6 +228,7 @@ def add_entries(directory: str | os.PathLike, entries: list[FileEntry]) -> Expor
     manifest = read_manifest(directory, verify=False)
     new_paths = {e.path for e in entries}
     manifest.files = [e for e in manifest.files if e.path not in new_paths] + list(entries)
+    manifest.complete = True  # every exporter lists its files last, once they are all written
     write_manifest(manifest)
     return manifest
 
@@ -248,8 +251,17 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifes
         files = [FileEntry.from_dict(f) for f in files_doc]
     except (ValueError, TypeError) as err:
         raise ValueError(f"{path}: {err}") from err
-    reserved = {"format", "members", "members_sha256", "num_classes", "img_size", "in_chans", "files"}
-    manifest = ExportManifest(directory, specs, files, {k: v for k, v in doc.items() if k not in reserved})
+    reserved = {"format", "members", "members_sha256", "num_classes", "img_size", "in_chans", "files", "complete"}
+    complete = doc.get("complete", True)  # manifests written before the mark existed were written last
+    if not isinstance(complete, bool):
+        raise ValueError(f"{path}: 'complete' must be true or false, got {complete!r:.100}")
+    if verify and not complete:
+        raise ValueError(
+            f"{path}: the export into {directory} did not finish (interrupted or failed); refusing it: "
+            "export again with --force (force=True in Python)"
+        )
+    extra = {k: v for k, v in doc.items() if k not in reserved}
+    manifest = ExportManifest(directory, specs, files, extra, complete)
     for entry in files:
         absolute = manifest.path_of(entry)  # refuses escaping paths even without verify
         if not verify:

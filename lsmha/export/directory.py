@@ -4,7 +4,9 @@ weights as `member<i>.safetensors`, and a fresh `manifest.json` listing them.
 Every exporter then adds its files with `lsmha.artifacts.add_entries`. A directory that
 already holds files is refused: a new manifest would forget the files an earlier export
 wrote (a fp16 graph, a `.pt2` that took minutes to compile) while they stay on disk.
-`force=True` clears it first, deleting only what an export writes.
+`force=True` clears it first, deleting only what an export writes. An exporter that writes
+more files starts with `complete=False`: the manifest says `"complete": false` until it has
+listed its files, so an export killed half-way is refused at load, never taken for a committee.
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ def prepare_directory(directory: str | os.PathLike, force: bool = False) -> Path
     return directory
 
 
-def write_weights(models: Sequence[CCT], directory: str | os.PathLike, force: bool = False) -> ExportManifest:
+def write_weights(
+    models: Sequence[CCT], directory: str | os.PathLike, force: bool = False, complete: bool = True
+) -> ExportManifest:
     """Start an export directory: prepare it (see `prepare_directory`), write each member's
     weights as `member<i>.safetensors` (so the torch backend and parity checks can load the
     directory alone) and a manifest listing them.
@@ -66,6 +70,9 @@ def write_weights(models: Sequence[CCT], directory: str | os.PathLike, force: bo
         models: the members, in committee order (a committee of one is a single model).
         directory: created if missing; must be empty unless `force`.
         force: clear an earlier export's files first.
+        complete: False when an exporter writes more files next: the manifest then says the
+            export did not finish until the exporter lists them (`add_entries`), so a
+            directory whose export was killed half-way is refused at load.
 
     Returns:
         The manifest written.
@@ -83,6 +90,12 @@ def write_weights(models: Sequence[CCT], directory: str | os.PathLike, force: bo
     for i, m in enumerate(models):
         path = save(m, directory / f"member{i}.safetensors", **getattr(m, "facts", {}))
         entries.append(file_entry(directory, path, format="safetensors", precision="fp32", scope=i, versions=versions))
-    manifest = ExportManifest(directory, [m.spec for m in models], entries)
+    manifest = ExportManifest(directory, [m.spec for m in models], entries, complete=complete)
     write_manifest(manifest)
     return manifest
+
+
+def remove_temporaries(directory: str | os.PathLike) -> None:
+    """Delete the `*.tmp` files a failed export left in `directory` (a full disk, a signal)."""
+    for p in Path(directory).glob("*.tmp"):
+        p.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from torch import nn
 from ..artifacts import COMMITTEE, ExportManifest, FileEntry, add_entries, file_entry
 from ..models import CCT, CCTSpec
 from ..models.spec import check_compatible
-from .directory import write_weights
+from .directory import remove_temporaries, write_weights
 from .graphs import INPUT, graph_for, io_tensors, output_names
 
 OPSET = 23
@@ -269,12 +269,16 @@ def export_onnx(
         if p not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {p!r}")
     check_compatible([m.spec for m in models])
-    manifest = write_weights(models, directory, force)
+    manifest = write_weights(models, directory, force, complete=False)
     scopes: list[str | int] = [COMMITTEE] + (list(range(len(models))) if per_member else [])
     jobs = [(scope, p) for p in precisions for scope in scopes]
     entries = []
-    for scope, p in tqdm(jobs, desc="export", disable=not progress):
-        if progress:
-            tqdm.write(f"writing {'committee' if scope == COMMITTEE else f'member{scope}'} {p}")
-        entries.append(export_scope_onnx(models, manifest.directory, scope, p))
-    return add_entries(manifest.directory, entries)
+    try:
+        for scope, p in tqdm(jobs, desc="export", disable=not progress):
+            if progress:
+                tqdm.write(f"writing {'committee' if scope == COMMITTEE else f'member{scope}'} {p}")
+            entries.append(export_scope_onnx(models, manifest.directory, scope, p))
+        return add_entries(manifest.directory, entries)
+    except BaseException:
+        remove_temporaries(manifest.directory)  # the manifest still says incomplete: refused at load
+        raise
