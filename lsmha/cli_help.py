@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 
@@ -41,6 +42,8 @@ EXIT_FAILURE = 1  # the work ran and failed: a check that did not pass, an inter
 EXIT_USAGE = 2  # bad usage: unknown option, bad value, a file that is not what was expected
 EXIT_ENVIRONMENT = 3  # this machine cannot do it: a missing package, device or backend
 
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # this machine's disk, not the work: exit 3
+
 EXIT_CODES_HELP = (
     "exit status: 0 ok, 1 failure (a check did not pass, interrupted), "
     "2 bad usage (bad option, value or input file), 3 environment (missing package, device or backend)"
@@ -73,7 +76,9 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
     `CliError` keeps its code; `ValueError`, `FileNotFoundError`, `IsADirectoryError` and
     `TypeError` raised on bad input are usage errors (2), unless the exception carries its own
     `exit_code` (a data set that is not installed: 3); `ImportError` is an environment
-    error (3); Ctrl-C is a failure (1), with `interrupted_hint` (e.g. how to resume)."""
+    error (3); an `OSError` writing files is one line naming the path and the cause, 3 for a full
+    disk or a read-only file system, else 1; Ctrl-C is a failure (1), with `interrupted_hint`
+    (e.g. how to resume)."""
     try:
         return int(handler(args) or EXIT_OK)
     except CliError as err:
@@ -85,6 +90,10 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
     except ImportError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_ENVIRONMENT
+    except OSError as err:  # a full disk, a read-only directory, a file that cannot be written
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return EXIT_ENVIRONMENT if err.errno in _DISK_ERRNOS else EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted{'; ' + interrupted_hint if interrupted_hint else ''}", file=sys.stderr)
         return EXIT_FAILURE

@@ -33,8 +33,12 @@ def resolve_inside(root: Path, relative: str) -> Path:
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
     """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a signal: no half-written temporary left behind
+        raise
     return path
 
 

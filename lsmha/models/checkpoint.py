@@ -36,9 +36,13 @@ def save(model: CCT, path: str | os.PathLike, **facts: Any) -> Path:
     metadata = {"format": FORMAT, "spec": model.spec.to_json(), "facts": facts_json}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(_sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
-    os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a server run as another user must read it
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(_sorted_metadata(safetensors_bytes(tensors, metadata=metadata)))
+        os.chmod(tmp, _new_file_mode())  # safetensors writes 0600; a server run as another user must read it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a signal: no half-written temporary left behind
+        raise
     return path
 
 

@@ -53,11 +53,15 @@ def gather_rng_states(ctx: DistContext) -> list[dict[str, torch.Tensor]]:
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write `state` to `path` via a temporary file, fsync and rename: never half-written."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **state}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a signal: the last good state stays, no temporary
+        raise
 
 
 def load_state(path: Path) -> dict[str, Any]:
