@@ -32,12 +32,21 @@ def check_images(images: Any, img_size: int, in_chans: int) -> np.ndarray:
     """
     want = expected_shapes(img_size, in_chans)
     if torch is not None and isinstance(images, torch.Tensor):
+        if images.is_meta or images.is_nested or images.layout != torch.strided:
+            kind = "meta" if images.is_meta else "nested" if images.is_nested else str(images.layout)
+            raise ValueError(f"expected images as a dense tensor holding data {want}, got a {kind} tensor")
         t = images.detach().cpu()
         images = (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
     elif not isinstance(images, np.ndarray):
         # lists/tuples of images, and single array-likes such as a PIL image (numpy's array protocol)
         if isinstance(images, (list, tuple)) or hasattr(images, "__array_interface__") or hasattr(images, "__array__"):
-            images = np.asarray(images)
+            try:
+                images = np.asarray(images)
+            except Exception as err:  # the object's own __array__ (or a list item's) failed: its error, its type
+                raise ValueError(
+                    f"expected images convertible to a numpy array {want}; converting "
+                    f"{type(images).__name__} raised {type(err).__name__}: {err}"
+                ) from err
         else:
             raise ValueError(f"expected images as a numpy array or torch tensor {want}, got {type(images).__name__}")
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):

@@ -72,7 +72,7 @@ def _open(path: Path) -> tuple[dict[str, str], Any]:
         handle = safe_open(str(path), framework="pt", device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         kind = file_kind(path)
-        if kind != "a safetensors file" and path.is_file():
+        if not kind.startswith("a safetensors file") and path.is_file():
             raise ValueError(f"{path} is {kind}, expected a .safetensors checkpoint written by lsmha.save") from err
         raise ValueError(f"{path} is not a readable safetensors checkpoint (truncated or corrupt?): {err}") from err
     metadata = handle.metadata() or {}

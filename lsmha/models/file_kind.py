@@ -31,6 +31,8 @@ def file_kind(path: str | os.PathLike) -> str:
         (n,) = struct.unpack("<Q", head[:8])
         if 0 < n < 100_000_000:
             return "a safetensors file"
+        if any(b < 9 for b in head[:8]):  # NUL or control bytes: a length, not text (a forged or corrupt one)
+            return f"a safetensors file with a corrupt header length ({n} bytes)"
     if head.lstrip()[:1] in (b"{", b"["):
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
