@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .artifacts import COMMITTEE, ExportManifest, FileEntry, read_manifest
-from .engine import BackendUnavailable, Source, check_images, open_backend
+from .engine import BackendUnavailable, FileRunner, Source, check_images, file_runtime, open_backend, open_file
 
 # precision -> (max relative error, min top-1 agreement on real images)
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -39,39 +39,6 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "int8": (1e-1, 0.99),
 }
 NOISE = "random"
-
-FileRunner = Callable[[np.ndarray], dict[str, np.ndarray]]  # float32 NCHW -> output name -> array
-
-
-def _onnxruntime(path: Path, entry: FileEntry) -> FileRunner:
-    from .engine.backends.onnxruntime_backend import OnnxSession
-
-    session = OnnxSession(path, device="cpu")
-    return lambda x: dict(zip(session.outputs, session.run(x)))
-
-
-def _aoti(path: Path, entry: FileEntry) -> FileRunner:
-    from .engine.backends.aoti_runtime import file_runner
-
-    return file_runner(path, entry)
-
-
-def _tensorrt(path: Path, entry: FileEntry) -> FileRunner:
-    from .engine.backends.tensorrt_runtime import file_runner
-
-    return file_runner(path, entry)
-
-
-def _unrunnable(path: Path, entry: FileEntry) -> FileRunner:
-    raise BackendUnavailable(f"lsmha has no runtime for files of format {entry.format!r}")
-
-
-# format -> (runtime name, runner factory); a factory raises BackendUnavailable where it cannot run
-FILE_RUNNERS: dict[str, tuple[str, Callable[[Path, FileEntry], FileRunner]]] = {
-    "onnx": ("onnxruntime", _onnxruntime),
-    "pt2": ("aoti", _aoti),
-    "plan": ("tensorrt", _tensorrt),
-}
 
 
 def openvino_precisions() -> list[str]:
@@ -236,8 +203,8 @@ def verify_export(
         if entry.format == "safetensors":
             continue  # the reference itself
         base = dict(file=entry.path, precision=entry.precision, scope=str(entry.scope))
-        runtime, factory = FILE_RUNNERS.get(entry.format, (entry.format, _unrunnable))
-        jobs.append(({**base, "runtime": runtime}, entry, lambda f=factory, e=entry: f(manifest.path_of(e), e)))
+        runtime = file_runtime(entry.format)
+        jobs.append(({**base, "runtime": runtime}, entry, lambda e=entry: open_file(manifest.path_of(e), e)))
         if entry.format == "onnx" and entry.scope == COMMITTEE and entry.precision == "fp32":
             for p in openvino_precisions():
                 jobs.append(({**base, "runtime": "openvino", "precision": p}, entry, lambda p=p: _openvino(source, p)))

@@ -3,8 +3,11 @@
 `RUNNERS` maps a name to a runner factory (see `lsmha.bench.runner`): members, device and
 largest batch in, a `Runner` out. A factory's docstring says what it times (its first line
 is the table's description); CUDA-only runners are listed in `CUDA_ONLY` and refuse another
-device. Names are the bench's own: "cuda-graph" here is the whole engine as `lsmha-bench gpu`
-times it, not an engine backend entry.
+device, CPU-only ones in `CPU_ONLY`. Two kinds:
+
+- the engine: `Committee.load(..., backend=NAME, **options)`, the one path users take;
+- `PEERS`: what a user would write by hand without lsmha (stock PyTorch eager and
+  torch.compile, stock OpenVINO), the comparisons the engine must not lose.
 """
 
 from __future__ import annotations
@@ -13,10 +16,20 @@ import numpy as np
 import torch
 
 from ..models import CCT
-from . import gpu_runners
+from . import cpu_runners, gpu_runners
 from .runner import Runner, RunnerFactory, sum_logits, to_device
 
-__all__ = ["CUDA_ONLY", "RUNNERS", "Runner", "RunnerFactory", "default_backends", "describe", "make_runner"]
+__all__ = [
+    "CPU_ONLY",
+    "CUDA_ONLY",
+    "PEERS",
+    "RUNNERS",
+    "Runner",
+    "RunnerFactory",
+    "default_backends",
+    "describe",
+    "make_runner",
+]
 
 
 def torch_eager(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
@@ -30,20 +43,6 @@ def torch_eager(models: list[CCT], device: torch.device, max_batch: int) -> Runn
     return Runner(to_device(device), run, "stock eager fp32, members one after another")
 
 
-def _cpu_runner(name: str, description: str) -> RunnerFactory:
-    """A factory defined in `lsmha.bench.cpu_runners` (OpenVINO, engine auto), imported on first use."""
-
-    def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
-        if device.type != "cpu":
-            raise ValueError(f"runner {name!r} times the CPU; run with --device cpu")
-        from . import cpu_runners
-
-        return getattr(cpu_runners, name)(models, device, max_batch)
-
-    factory.__doc__ = description
-    return factory
-
-
 def _onnxruntime_runner(precision: str, description: str) -> RunnerFactory:
     """The lsmha engine on ONNX Runtime: the members exported as ONE opset-23 graph (fused
     Attention), run by `Committee` (input checks included) with its tuned session."""
@@ -55,9 +54,7 @@ def _onnxruntime_runner(precision: str, description: str) -> RunnerFactory:
         from ..export.onnx import export_onnx
 
         if precision == "fp32":  # the one export every runner of these members shares
-            from .cpu_runners import shared_export
-
-            tmp, directory = None, shared_export(models)
+            tmp, directory = None, cpu_runners.shared_export(models)
         else:
             tmp = tempfile.TemporaryDirectory(prefix="lsmha-bench-onnx-")  # lives as long as the runner
             export_onnx(models, tmp.name, precisions=(precision,))
@@ -104,15 +101,11 @@ RUNNERS: dict[str, RunnerFactory] = {
     "onnxruntime": _onnxruntime_runner("fp32", "lsmha engine on ONNX Runtime, fp32 committee graph"),
     "onnxruntime-fp16": _onnxruntime_runner("fp16", "lsmha engine on ONNX Runtime, fp16 graph (opt-in)"),
     "onnxruntime-int8": _onnxruntime_runner("int8", "lsmha engine on ONNX Runtime, dynamic int8 MatMul/Gemm (opt-in)"),
-    "openvino-stock": _cpu_runner(
-        "openvino_stock", "stock OpenVINO: compile_model(committee.onnx, 'CPU') with its defaults"
-    ),
-    "openvino": _cpu_runner("openvino_engine", "lsmha engine on OpenVINO, precision auto, latency"),
-    "openvino-fp32": _cpu_runner("openvino_fp32", "lsmha engine on OpenVINO, fp32 forced"),
-    "openvino-throughput": _cpu_runner(
-        "openvino_throughput", "lsmha engine on OpenVINO, precision auto, throughput (streams)"
-    ),
-    "auto": _cpu_runner("auto_engine", "lsmha engine, backend='auto' on the CPU (the note names it)"),
+    "openvino-stock": cpu_runners.openvino_stock,
+    "openvino": cpu_runners.openvino_engine,
+    "openvino-fp32": cpu_runners.openvino_fp32,
+    "openvino-throughput": cpu_runners.openvino_throughput,
+    "auto": cpu_runners.auto_engine,
     "aoti": _aoti_runner,
     "torch-stacked": gpu_runners.torch_stacked,
     "torch-compile-graph": gpu_runners.stock_compile,
@@ -120,6 +113,9 @@ RUNNERS: dict[str, RunnerFactory] = {
     "cuda-graph": gpu_runners.cuda_graph_engine,
 }
 CUDA_ONLY = frozenset({"torch-cuda-graph", "torch-compile-graph", "torch-compile-streams", "cuda-graph"})
+CPU_ONLY = frozenset({"openvino-stock", "openvino", "openvino-fp32", "openvino-throughput", "auto"})
+PEERS = frozenset({"torch", "torch-bf16", "torch-cuda-graph", "torch-compile-graph", "torch-compile-streams",
+                   "openvino-stock"})  # fmt: skip
 
 
 def describe(name: str) -> str:
@@ -139,4 +135,6 @@ def make_runner(name: str, models: list[CCT], device: torch.device, max_batch: i
         raise ValueError(f"unknown runner {name!r}; known: {', '.join(RUNNERS)}")
     if name in CUDA_ONLY and device.type != "cuda":
         raise ValueError(f"runner {name!r} needs --device cuda ({describe(name)})")
+    if name in CPU_ONLY and device.type != "cpu":
+        raise ValueError(f"runner {name!r} times the CPU; run with --device cpu")
     return RUNNERS[name](models, device, max_batch)

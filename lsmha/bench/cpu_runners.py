@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..models import CCT
-from .backends import Runner
+from .runner import Runner
 
 # member ids -> (the members, their export); holding the members keeps their ids from being reused
 _EXPORTS: dict[tuple[int, ...], tuple[list[CCT], tempfile.TemporaryDirectory]] = {}
@@ -42,6 +42,7 @@ def shared_export(models: list[CCT]) -> str:
 
 
 def openvino_stock(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+    """stock OpenVINO: compile_model(committee.onnx, 'CPU') with its defaults (a peer)"""
     import openvino as ov
 
     path = f"{shared_export(models)}/committee.onnx"
@@ -55,8 +56,8 @@ def openvino_stock(models: list[CCT], device: torch.device, max_batch: int) -> R
     return Runner(lambda images: images.astype(np.float32), run, note)
 
 
-def _openvino(**options: Any) -> Callable[[list[CCT], torch.device, int], Runner]:
-    """lsmha's openvino backend with `options`, run by `Committee`."""
+def _openvino(description: str, **options: Any) -> Callable[[list[CCT], torch.device, int], Runner]:
+    """lsmha's openvino backend with `options`, run by `Committee`; `description` says what it times."""
 
     def factory(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
         from ..engine import Committee
@@ -64,15 +65,17 @@ def _openvino(**options: Any) -> Callable[[list[CCT], torch.device, int], Runner
         committee = Committee.load(shared_export(models), "openvino", batch_size=max(1, max_batch), **options)
         return Runner(lambda images: images, committee.predict_logits, f"lsmha engine, {committee.backend}")
 
+    factory.__doc__ = description
     return factory
 
 
-openvino_engine = _openvino()
-openvino_fp32 = _openvino(precision="fp32")
-openvino_throughput = _openvino(mode="throughput")
+openvino_engine = _openvino("lsmha engine on OpenVINO, precision auto, latency")
+openvino_fp32 = _openvino("lsmha engine on OpenVINO, fp32 forced", precision="fp32")
+openvino_throughput = _openvino("lsmha engine on OpenVINO, precision auto, throughput (streams)", mode="throughput")
 
 
 def auto_engine(models: list[CCT], device: torch.device, max_batch: int) -> Runner:
+    """lsmha engine, backend='auto' on the CPU (the note names it)"""
     from ..engine import Committee
 
     committee = Committee.load(shared_export(models), backend="auto", device="cpu", batch_size=max(1, max_batch))

@@ -8,11 +8,14 @@ from .backends import (
     CPU_F32_AUTO_ORDER,
     Backend,
     BackendUnavailable,
+    FileRunner,
     Source,
     auto_order,
     available_backends,
     check_options,
+    file_runtime,
     open_backend,
+    open_file,
 )
 from .committee import Committee, check_compatible, load_source
 from .inputs import check_images
@@ -26,6 +29,7 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Committee",
+    "FileRunner",
     "Selection",
     "Source",
     "accuracy",
@@ -33,6 +37,8 @@ __all__ = [
     "auto_order",
     "available_backends",
     "check_options",
+    "file_runtime",
+    "open_file",
     "check_compatible",
     "check_images",
     "load_source",

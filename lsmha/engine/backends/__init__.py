@@ -23,7 +23,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from . import (
     aoti_backend,
@@ -43,6 +46,10 @@ from .base import (
     pick_files,
 )
 
+if TYPE_CHECKING:
+    from ...artifacts import FileEntry
+
+FileRunner = Callable[[np.ndarray], dict[str, np.ndarray]]  # float32 NCHW -> output name -> array
 log = logging.getLogger("lsmha.engine")
 
 
@@ -55,6 +62,8 @@ class BackendKind:
     open: Callable[[Source, Any], Backend]
     unavailable: Callable[[], str | None]
     native: bool = False
+    format: str | None = None  # the file format its `file_runner` runs one file of (parity checks)
+    file_runner: Callable[[Path, FileEntry], FileRunner] | None = None
 
     def options(self) -> set[str]:
         """The options this backend takes."""
@@ -62,7 +71,14 @@ class BackendKind:
 
 
 BACKENDS: dict[str, BackendKind] = {
-    m.NAME: BackendKind(m.Options, m.open, m.unavailable, getattr(m, "NATIVE", False))
+    m.NAME: BackendKind(
+        m.Options,
+        m.open,
+        m.unavailable,
+        getattr(m, "NATIVE", False),
+        getattr(m, "FORMAT", None),
+        getattr(m, "file_runner", None),
+    )
     for m in (torch_backend, onnxruntime_backend, openvino_backend, aoti_backend, tensorrt_backend, cuda_graph_backend)
 }
 AUTO_ORDER: tuple[str, ...] = ("tensorrt", "cuda-graph", "aoti", "onnxruntime", "torch")
@@ -123,6 +139,20 @@ def check_options(options: dict[str, Any], names: list[str]) -> None:
                 f"device={device!r} asked for, but torch {torch.__version__} sees no CUDA device "
                 "(check nvidia-smi and CUDA_VISIBLE_DEVICES), or use device='cpu'"
             )
+
+
+def file_runtime(fmt: str) -> str:
+    """The backend that runs one file of format `fmt` (the format itself when none does)."""
+    return next((name for name, kind in BACKENDS.items() if kind.format == fmt), fmt)
+
+
+def open_file(path: Path, entry: FileEntry) -> FileRunner:
+    """One exported file as a runner, on the backend of its format (`file_runtime`): float32
+    NCHW images -> output name -> array. BackendUnavailable where nothing here runs it."""
+    kind = BACKENDS.get(file_runtime(entry.format))
+    if kind is None or kind.file_runner is None:
+        raise BackendUnavailable(f"lsmha has no runtime for files of format {entry.format!r}")
+    return kind.file_runner(path, entry)
 
 
 def _open(name: str, source: Source, options: BackendOptions) -> Backend:
@@ -188,10 +218,13 @@ __all__ = [
     "BackendOptions",
     "BackendUnavailable",
     "FileBackend",
+    "FileRunner",
     "Source",
     "auto_order",
     "available_backends",
     "check_options",
+    "file_runtime",
+    "open_file",
     "open_backend",
     "pick_files",
 ]

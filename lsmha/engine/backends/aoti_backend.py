@@ -17,6 +17,7 @@ import numpy as np
 from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, OneOf, Source, option, pick_files
 
 NAME = "aoti"
+FORMAT = "pt2"  # the files `file_runner` runs
 NATIVE = True  # a package is a shared library: `auto` opens it only from a trusted directory
 
 
@@ -73,6 +74,14 @@ class AotiBackend(FileBackend):
 
         with torch.inference_mode():
             return super()._run(images, want_members)
+
+
+def file_runner(path: Any, entry: Any) -> Any:
+    """One file as a parity runner: float32 NCHW numpy -> output name -> numpy (BackendUnavailable
+    where this machine cannot run it)."""
+    from .aoti_runtime import file_runner as runner
+
+    return runner(path, entry)
 
 
 def open(source: Source, options: Options) -> AotiBackend:

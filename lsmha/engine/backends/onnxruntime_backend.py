@@ -21,6 +21,7 @@ from ..cpu import physical_cores
 from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, IntRange, OneOf, Source, option, pick_files
 
 NAME = "onnxruntime"
+FORMAT = "onnx"  # the files `file_runner` runs
 VARIANTS = ("fp32", "fp16", "int8")  # fp16 and int8 (ORT dynamic quantisation) are opt-in exports
 
 
@@ -114,6 +115,12 @@ class OnnxSession:
             binding.bind_output(name, "cuda")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def file_runner(path: Path, entry: Any) -> Any:
+    """One graph on the CPU as a parity runner: float32 NCHW numpy -> output name -> numpy."""
+    session = OnnxSession(path, device="cpu")
+    return lambda x: dict(zip(session.outputs, session.run(x)))
 
 
 class OnnxRuntimeBackend(FileBackend):

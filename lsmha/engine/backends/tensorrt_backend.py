@@ -16,6 +16,7 @@ import numpy as np
 from .base import BackendOptions, BackendUnavailable, Devices, FileBackend, OneOf, Source, option, pick_files
 
 NAME = "tensorrt"
+FORMAT = "plan"  # the files `file_runner` runs
 NATIVE = True  # a plan is deserialised native code: `auto` opens it only from a trusted directory
 PREFERENCE = ("fp16", "bf16", "fp32")  # precision taken when none is asked for
 
@@ -82,6 +83,14 @@ class TensorRTBackend(FileBackend):
 
     def to_numpy(self, out: Any) -> np.ndarray:
         return out.float().cpu().numpy()
+
+
+def file_runner(path: Any, entry: Any) -> Any:
+    """One file as a parity runner: float32 NCHW numpy -> output name -> numpy (BackendUnavailable
+    where this machine cannot run it)."""
+    from .tensorrt_runtime import file_runner as runner
+
+    return runner(path, entry)
 
 
 def open(source: Source, options: Options) -> TensorRTBackend:
