@@ -71,7 +71,7 @@ def _mixed_thresholds(member_logits, order):
 
 def test_without_thresholds_the_error_names_the_command(exported):
     with pytest.raises(ValueError, match=r"no adaptive thresholds; calibrate them first: `lsmha-export calibrate "):
-        AdaptiveCommittee.load(exported, "torch")
+        Committee.load(exported, "torch", adaptive=True)
 
 
 def test_calibrate_writes_member_graphs_and_hashed_thresholds(calibrated):
@@ -172,3 +172,11 @@ def test_thresholds_at_the_extremes(calibrated, images, tmp_path):
     full, runs = AdaptiveCommittee.load(copy, "torch").predict(images, return_members_run=True)
     np.testing.assert_array_equal(runs, np.full(40, 3))
     np.testing.assert_array_equal(full, reference.predict(images))
+
+
+def test_committee_load_adaptive_gives_the_adaptive_committee(calibrated):
+    out, _ = calibrated
+    adaptive = Committee.load(out, "torch", adaptive=True)
+    assert isinstance(adaptive, AdaptiveCommittee) and adaptive.order == [1, 2, 0]
+    assert adaptive.backend == "adaptive[torch[cpu]]" and len(adaptive.thresholds) == 2
+    assert not isinstance(Committee.load(out, "torch"), AdaptiveCommittee)

@@ -68,7 +68,9 @@ class MemberBackends(Backend):
             b.close()
 
 
-def open_members(source: Source, backend: str = "auto", **options: Any) -> MemberBackends:
+def open_members(
+    source: Source, backend: str = "auto", *, trust_native: bool = False, **options: Any
+) -> MemberBackends:
     """Open each member of `source` on `backend` from its own files (see `member_source`).
 
     Raises:
@@ -77,7 +79,7 @@ def open_members(source: Source, backend: str = "auto", **options: Any) -> Membe
     members = []
     for i in range(len(source.specs)):
         try:
-            members.append(open_backend(backend, member_source(source, i), **options))
+            members.append(open_backend(backend, member_source(source, i), trust_native=trust_native, **options))
         except BackendUnavailable as err:
             for b in members:
                 b.close()
@@ -128,7 +130,14 @@ class AdaptiveCommittee(Committee):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, backend: str = "auto", *, batch_size: int = 256, **options: Any
+        cls,
+        path: str | os.PathLike | Source,
+        backend: str = "auto",
+        *,
+        batch_size: int = 256,
+        trust_native: bool = False,
+        adaptive: bool = True,
+        **options: Any,
     ) -> AdaptiveCommittee:
         """Load an export directory (or its manifest.json) with its calibration, every member on
         `backend` from its own graph. Arguments as `Committee.load`.
@@ -136,7 +145,9 @@ class AdaptiveCommittee(Committee):
         Raises:
             ValueError: the export has no calibration (names `lsmha-export calibrate`).
             BackendUnavailable: a member has no graph the backend runs."""
-        source = load_source(path)
+        if not adaptive:
+            raise ValueError("AdaptiveCommittee.load is the adaptive committee; use Committee.load for the full one")
+        source = path if isinstance(path, Source) else load_source(path)
         if source.manifest is None:
             raise ValueError(
                 f"{path} is a committee.json; the adaptive committee needs an export directory with "
@@ -148,7 +159,7 @@ class AdaptiveCommittee(Committee):
                 f"{source.manifest.directory} has no adaptive thresholds; calibrate them first: "
                 f"`lsmha-export calibrate {source.manifest.directory} --dataset NAME` (on the val split)"
             )
-        runner = open_members(source, backend, **options)
+        runner = open_members(source, backend, trust_native=trust_native, **options)
         return cls.from_members(source.specs, runner, calibration, batch_size)
 
     @property

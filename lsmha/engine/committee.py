@@ -76,6 +76,7 @@ class Committee(SpecFacts):
         *,
         batch_size: int = 256,
         trust_native: bool = False,
+        adaptive: bool = False,
         **options: Any,
     ) -> Committee:
         """Load a committee from a `committee.json` (checkpoints) or an export
@@ -93,6 +94,9 @@ class Committee(SpecFacts):
             batch_size: largest chunk per backend call.
             trust_native: let `auto` open native packages (AOTInductor `.pt2`, TensorRT plans),
                 which run code on load: only for directories you built or trust (docs/export.md).
+            adaptive: an `AdaptiveCommittee`: members one by one from their own graphs, each image
+                leaving once its calibrated margin is reached (docs/adaptive.md); the export needs
+                thresholds from `lsmha-export calibrate`, else ValueError naming the command.
             **options: the backend's options (its `Options`), e.g. precision="fp16", device="cuda",
                 threads=2.
 
@@ -100,6 +104,10 @@ class Committee(SpecFacts):
             ValueError: a bad option name or value (naming it and what is allowed), a bad manifest.
             BackendUnavailable: no backend here can run the committee (each one's reason).
         """
+        if adaptive:
+            from .adaptive_committee import AdaptiveCommittee
+
+            return AdaptiveCommittee.load(path, backend, batch_size=batch_size, trust_native=trust_native, **options)
         source = path if isinstance(path, Source) else load_source(path)
         self = cls.__new__(cls)
         self._setup(source.specs, open_backend(backend, source, trust_native=trust_native, **options), batch_size)
