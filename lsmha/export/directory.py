@@ -20,10 +20,11 @@ from ..models import CCT
 
 # what an export writes: its files (and the temporary files of an interrupted one)
 EXPORT_SUFFIXES = (".onnx", ".safetensors", ".pt2", ".plan", ".tmp", ".cache")
+EXPORT_NAMES = (MANIFEST, "adaptive.json")  # adaptive.json: `lsmha-export calibrate`'s thresholds
 
 
 def _written_by_export(path: Path) -> bool:
-    return path.is_file() and (path.name == MANIFEST or path.suffix in EXPORT_SUFFIXES)
+    return path.is_file() and (path.name in EXPORT_NAMES or path.suffix in EXPORT_SUFFIXES)
 
 
 def prepare_directory(directory: str | os.PathLike, force: bool = False) -> Path:
@@ -52,7 +53,7 @@ def prepare_directory(directory: str | os.PathLike, force: bool = False) -> Path
     if foreign:
         raise FileExistsError(
             f"{directory} holds entries an export does not write ({', '.join(foreign[:6])}); --force deletes "
-            f"only export files ({MANIFEST}, *{', *'.join(EXPORT_SUFFIXES)}); choose another directory"
+            f"only export files ({', '.join(EXPORT_NAMES)}, *{', *'.join(EXPORT_SUFFIXES)}); choose another directory"
         )
     for p in present:
         p.unlink()
