@@ -105,6 +105,7 @@ def serve(args: argparse.Namespace) -> int:
     source = load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
     if not 0 <= args.port <= 65535:
         raise CliError.usage(f"--port must be between 0 and 65535, got {args.port}")
+    _check_port_free(args.host, args.port)
     if args.backend != "auto" and args.backend not in BACKENDS:
         raise CliError.usage(f"unknown --backend {args.backend!r}; known: auto, {', '.join(sorted(BACKENDS))}")
     given = {"threads": args.threads, "cache_dir": args.cache_dir}
@@ -132,6 +133,28 @@ def serve(args: argparse.Namespace) -> int:
             raise CliError.usage(service.failure)
         raise CliError(service.failure)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on before the committee loads (seconds), with
+    the port in the message rather than uvicorn's own line after it."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise CliError.usage(f"--host {host!r} is not an address this machine can bind: {err.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise CliError.usage(
+                f"cannot listen on {host}:{port}: {err.strerror} (another server there? choose another --port)"
+            ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

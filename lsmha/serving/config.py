@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -35,22 +38,29 @@ class ServeConfig:
     adaptive: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"bad model name {self.name!r}: it is a URL path segment (/v2/models/NAME/infer), so 1-128 "
+                "characters among letters, digits, '.', '_' and '-', not starting with '.'"
+            )
         bad = [
             f"{field}={getattr(self, field)!r}"
             for field, ok in (
                 ("max_batch", self.max_batch >= 1),
                 ("max_queue", self.max_queue >= 1),
-                ("max_delay_ms", self.max_delay_ms >= 0),
-                ("max_body_mb", self.max_body_mb > 0),
-                ("body_timeout_s", self.body_timeout_s > 0),
-                ("shutdown_timeout_s", self.shutdown_timeout_s >= 0),
+                # finite and bounded: inf would make every batch wait forever, or every body limit overflow
+                ("max_delay_ms", 0 <= self.max_delay_ms <= 60_000),
+                ("max_body_mb", 0 < self.max_body_mb <= 1 << 20),
+                ("body_timeout_s", 0 < self.body_timeout_s <= 86_400),
+                ("shutdown_timeout_s", 0 <= self.shutdown_timeout_s <= 86_400),
             )
             if not ok
         ]
         if bad:
             raise ValueError(
                 f"bad server settings: {', '.join(bad)}; expected max_batch and max_queue >= 1, "
-                "max_delay_ms >= 0, max_body_mb > 0, body_timeout_s > 0, shutdown_timeout_s >= 0"
+                "max_delay_ms in [0, 60000], max_body_mb in (0, 1048576], body_timeout_s in (0, 86400], "
+                "shutdown_timeout_s in [0, 86400]"
             )
 
     @property
