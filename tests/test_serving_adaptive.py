@@ -72,3 +72,11 @@ def test_a_plain_server_has_no_members_run(serving_export):
 
     assert b"lsmha_members_run" not in ServerMetrics(8).render()
     assert b"lsmha_members_run" in ServerMetrics(8, adaptive=True).render()
+
+
+def test_lsmha_serve_adaptive_without_thresholds_is_a_usage_error(serving_export, capsys):
+    from lsmha.serving.cli import main
+
+    assert main([str(serving_export), "--adaptive", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--adaptive needs an export with calibrated thresholds" in err and "lsmha-export calibrate" in err

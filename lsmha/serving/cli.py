@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend (default: its own choice)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
     p.add_argument(
+        "--adaptive", action="store_true",
+        help="serve the calibrated adaptive committee (after lsmha-export calibrate; docs/adaptive.md): every "
+        "response carries members_run, /metrics its histogram lsmha_members_run",
+    )  # fmt: skip
+    p.add_argument(
         "--trust-native",
         action="store_true",
         help="let --backend auto open native packages (AOTInductor .pt2, TensorRT plans), which run code on "
@@ -90,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
             body_timeout_s=args.body_timeout_s,
             shutdown_timeout_s=args.shutdown_timeout_s,
             warmup=not args.no_warmup,
+            adaptive=args.adaptive,
         )
     except ValueError as err:
         raise CliError.usage(str(err)) from None
@@ -120,8 +126,17 @@ def serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
+    if args.adaptive:  # thresholds missing: a usage error before binding
+        from ..engine.adaptive import read_calibration
+
+        if source.manifest is None or read_calibration(source.manifest) is None:
+            raise CliError.usage(
+                f"--adaptive needs an export with calibrated thresholds; {args.dir} has none: run "
+                f"`lsmha-export calibrate {args.dir} --dataset NAME` first"
+            )
+
     def load() -> Committee:  # the source read above: each file is read and hashed once
-        return Committee.load(source, args.backend, trust_native=args.trust_native, **options)
+        return Committee.load(source, args.backend, trust_native=args.trust_native, adaptive=args.adaptive, **options)
 
     service = CommitteeService(load, config, on_failure)
     server = CommitteeServer(service, host=args.host, port=args.port, log_level=args.log_level)
