@@ -121,8 +121,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     if header_length is None:
         return body, memoryview(b"")
     text = header_length.strip()
-    # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses
-    if not (text.isascii() and text.isdigit()) or int(text) > len(body):
+    # ASCII digits only: str.isdigit() also accepts "²" or "٣", which int() then refuses; at most
+    # 20 of them, so int() never meets a literal beyond its 4,300-digit limit
+    if not (text.isascii() and text.isdigit() and len(text) <= 20) or int(text) > len(body):
         raise ProtocolError(
             f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {_show(header_length)}"
         )
@@ -155,7 +156,7 @@ def _binary_values(tensor: dict[str, Any], datatype: str, shape: list[int], bina
     return np.frombuffer(binary, dtype=dtype).reshape(shape).copy()  # own, writable, native order
 
 
-def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) -> np.ndarray:
+def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview, check_bools: bool) -> np.ndarray:
     where = "input tensor"
     name = _field(tensor, "name", str, where)
     if name != INPUT_NAME:
@@ -188,6 +189,8 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview) 
             raise ProtocolError(f"'data' must be a flat or regularly nested list of numbers: {err}") from None
         if values.dtype.kind not in "iuf":
             raise ProtocolError(f"'data' must hold numbers, got {values.dtype.kind!r}-kind values ({values.dtype})")
+        if check_bools and any(type(v) is bool for v in np.asarray(data, dtype=object).flat):
+            raise ProtocolError("'data' must hold numbers, got true or false among them")
         if values.size != math.prod(shape):
             raise ProtocolError(f"'data' holds {values.size} values, shape {shape} needs {math.prod(shape)}")
         if values.ndim != 1 and values.shape != tuple(shape):
@@ -219,9 +222,13 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"") -> InferRequest:
+def decode_request(
+    body: Any, spec: InputSpec, binary: bytes | memoryview = b"", check_bools: bool = True
+) -> InferRequest:
     """Decode and validate a parsed v2 JSON request body and the binary data that followed it
-    (binary tensor extension; `split_body` separates them). ProtocolError on anything wrong."""
+    (binary tensor extension; `split_body` separates them). ProtocolError on anything wrong.
+    `check_bools=False` skips the search for JSON booleans among the numbers (numpy reads
+    `true` as 1): for callers who know the text held none."""
     binary = memoryview(binary)
     if not isinstance(body, dict):
         raise ProtocolError(f"the request body must be a JSON object, got {type(body).__name__}")
@@ -234,7 +241,7 @@ def decode_request(body: Any, spec: InputSpec, binary: bytes | memoryview = b"")
     inputs = _field(body, "inputs", list, "the request")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"expected exactly one input tensor object named {INPUT_NAME!r}, got {len(inputs)} item(s)")
-    images = _decode_tensor(inputs[0], spec, binary)
+    images = _decode_tensor(inputs[0], spec, binary, check_bools)
     all_binary = _flag(_parameters(body, "the request"), "binary_data_output", "the request")
     outputs, binary_outputs = DEFAULT_OUTPUTS, set(DEFAULT_OUTPUTS) if all_binary else set()
     if body.get("outputs") is not None:
@@ -281,12 +288,23 @@ def decode_body(body: bytes, header_length: str | None, spec: InputSpec) -> Infe
     head, binary = split_body(body, header_length)
     check_json_size(len(head), spec)
     try:
-        doc = json.loads(head)
-        return decode_request(doc, spec, binary)
+        doc = json.loads(head, parse_int=_bounded_int)
+        # the element-wise search for booleans only when the text has one (a fast byte search)
+        return decode_request(doc, spec, binary, check_bools=b"true" in head or b"false" in head)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ProtocolError(f"the request body is not valid JSON: {err}") from None
     except RecursionError:
         raise ProtocolError("the request body is nested too deeply; an image tensor needs 5 levels at most") from None
+
+
+def _bounded_int(text: str) -> int:
+    """A JSON integer literal, refused beyond 20 digits (int() would fail past 4,300 digits, and
+    no pixel, shape or size needs more than 20)."""
+    if len(text.lstrip("-")) > 20:
+        raise ProtocolError(
+            f"the request must hold numbers of at most 20 digits, got an integer literal of {len(text)} characters"
+        )
+    return int(text)
 
 
 def encode_tensor(name: str, array: np.ndarray, blobs: list[bytes] | None = None) -> dict[str, Any]:
