@@ -99,6 +99,20 @@ def run_command(prog: str, handler, args: argparse.Namespace, interrupted_hint: 
         return EXIT_FAILURE
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that unrecognised arguments after a subcommand are
+    reported by that subcommand's parser, with its usage (`lsmha-train run ...`), not the
+    top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        chosen = parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(args, action.dest, None), parser)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def add_exit_codes(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Append the exit-code table to `parser`'s help epilog (and to each of its subparsers')."""
     parser.epilog = f"{parser.epilog}\n\n{EXIT_CODES_HELP}" if parser.epilog else EXIT_CODES_HELP

@@ -160,7 +160,9 @@ def test_option_prefixes_are_not_taken(capsys):
     """Issue item 15: `--epoch 2` is not silently read as `--epochs 2`."""
     with pytest.raises(SystemExit) as exit_info:
         main(["run", *TINY, "--dataset", "digits", "--epoch", "2", "--out", "x"])
-    assert exit_info.value.code == 2 and "unrecognized arguments: --epoch 2" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "unrecognized arguments: --epoch 2" in err
+    assert err.startswith("usage: lsmha-train run ")  # the subcommand's usage, not the top level's
 
 
 def test_sigterm_exits_with_a_message_and_how_to_resume(tmp_path):

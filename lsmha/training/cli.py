@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
+from ..cli_help import CliError, HelpFormatter, add_exit_codes, parse_args, run_command
 from ..models import model_spec
 from ..models.committees import parse_value
 from .committee import load_committee_config, member_runs, train_committee
@@ -323,7 +323,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     handler = {"run": _cmd_run, "committee": _cmd_committee, "eval": _cmd_eval}[args.command]
     # SIGTERM (a scheduler's stop, `kill`) is reported like Ctrl-C: one line saying how to resume
     in_main_thread = threading.current_thread() is threading.main_thread()
