@@ -1,29 +1,33 @@
 """lsmha: a committee engine for low-latency vision transformers with large-scale
-multi-head attention (Gross, Halevi, Koresh, Tzach, Kanter)."""
+multi-head attention (Gross, Halevi, Koresh, Tzach, Kanter).
+
+Light on import: torch (behind the models) and the runtimes (behind the engine) load on
+first use of a name below, so a command's `--help` answers before any of them loads.
+"""
 
 from typing import Any
 
-from .models import CCT, CCTSpec, count_macs, count_params, create_model, layer_latency, list_models, load, save
 from .version import __version__ as __version__
 
-__all__ = [
-    "CCT",
-    "CCTSpec",
-    "Committee",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "layer_latency",
-    "list_models",
-    "load",
-    "save",
-]
+_LAZY = {
+    "CCT": "models",
+    "CCTSpec": "models",
+    "count_macs": "models",
+    "count_params": "models",
+    "create_model": "models",
+    "layer_latency": "models",
+    "list_models": "models",
+    "load": "models",
+    "save": "models",
+    "Committee": "engine",
+}
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    # The engine pulls in onnxruntime; import it only when asked for.
-    if name == "Committee":
-        from .engine import Committee
+    if name in _LAZY:
+        import importlib
 
-        return Committee
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lsmha' has no attribute {name!r}")

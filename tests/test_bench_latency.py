@@ -42,8 +42,9 @@ def test_latency_cli_times_every_committee_against_the_baseline(tmp_path, capsys
 
 def test_latency_cli_on_a_cpu_compares_torch_stock_openvino_onnxruntime_and_auto(tmp_path, capsys):
     assert default_backends(torch.device("cpu")) == ["torch", "openvino-stock", "onnxruntime", "auto"]
-    doc = run_cli(tmp_path, "--committee", "cct_1_3x1:dim=16:heads=2")
-    assert "x openvino-stock" in capsys.readouterr().out
+    doc = run_cli(tmp_path, "--committee", "cct_1_3x1:dim=16:heads=2", "--full")
+    out = capsys.readouterr().out
+    assert "x openvino-stock" in out and "lsmha-bench latency --full" not in out
     rows = doc["rows"]
     backends = ("torch", "openvino-stock", "onnxruntime", "auto")
     assert [(r["members"], r["backend"], r["batch"]) for r in rows] == [
@@ -56,6 +57,16 @@ def test_latency_cli_on_a_cpu_compares_torch_stock_openvino_onnxruntime_and_auto
             want = by_key[d["model"], d["batch"], ref] / by_key[d["model"], d["batch"], d["backend"]]
             assert value == pytest.approx(want)
     assert {d["backend"] for d in doc["speedups"]} == set(backends)
+
+
+def test_latency_default_on_a_cpu_is_the_quick_comparison_and_names_the_full_one(tmp_path, capsys):
+    doc = run_cli(tmp_path, "--committee", "cct_1_3x1:dim=16:heads=2")
+    out = capsys.readouterr().out
+    assert {r["backend"] for r in doc["rows"]} == {"torch", "openvino-stock", "auto"}
+    assert "compared: cct_7_3x1:dim=32:heads=4:n_blocks=1, committee(cct_1_3x1:dim=16:heads=2) on torch, " in out
+    assert "openvino-stock, auto at batch 1, 3" in out
+    assert "the full comparison (cct_2_3x5,cct_2_3x5:heads=4 and table6:5 on torch, openvino-stock, " in out
+    assert "lsmha-bench latency --full" in out
 
 
 def test_latency_cli_rejects_bad_usage(capsys):

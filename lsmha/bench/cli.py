@@ -24,6 +24,13 @@ from .train import add_train_parser
 
 CPU_BACKENDS = default_backends(torch.device("cpu"))
 CPU_COMMITTEES = ["cct_2_3x5,cct_2_3x5:heads=4", "table6:5"]  # with the baseline CCT-7/3x1: the CPU comparison
+# the default run on a CPU: the two-member committee against the baseline, the engine's choice
+# against what a user has without it, sized to end within two minutes on two quiet cores; --full
+# times every row of the comparison (CPU_COMMITTEES x CPU_BACKENDS) with the full budget
+QUICK = {"committee": CPU_COMMITTEES[:1], "backend": ["torch", "openvino-stock", "auto"], "budget": 1.0, "rounds": 2,
+         "min_calls": 3}  # fmt: skip
+FULL = {"committee": CPU_COMMITTEES, "backend": CPU_BACKENDS, "budget": 2.0, "rounds": 3, "min_calls": 5}
+FULL_COMMAND = "lsmha-bench latency --full"
 
 
 def _int_list(text: str) -> list[int]:
@@ -57,7 +64,8 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="members: a paper committee (table5, table6, table7), its first k (table6:5), "
         "or name[:field=value...] items separated by commas, e.g. cct_2_3x2:dim=1024:heads=64,cct_1_3x1; "
-        f"repeat to time several committees (default: {' and '.join(CPU_COMMITTEES)} on CPU, table6:5 on CUDA)",
+        f"repeat to time several committees (default on CPU: {QUICK['committee'][0]}; with --full "
+        f"{' and '.join(CPU_COMMITTEES)}; table6:5 on CUDA)",
     )
     p.add_argument(
         "--baseline", default="cct_7_3x1", help="the model the committee is compared against, name[:field=value...]"
@@ -66,8 +74,8 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         "--backend",
         type=_name_list,
         default=None,
-        help=f"comma-separated backends among {', '.join(RUNNERS)} (default: {', '.join(CPU_BACKENDS)} on CPU; "
-        "torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
+        help=f"comma-separated backends among {', '.join(RUNNERS)} (default on CPU: {', '.join(QUICK['backend'])}; "
+        f"with --full {', '.join(CPU_BACKENDS)}; torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
     )
     p.add_argument(
         "--batch", type=_int_list, default=None, help="batch sizes (default: 1,32 on CPU; 1,8,64,256 on CUDA)"
@@ -77,16 +85,29 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument(
-        "--budget", type=float, default=2.0, help="seconds of timed calls per row, all passes together (>= 5 calls)"
+        "--full",
+        action="store_true",
+        help="the whole CPU comparison: both committees on torch, stock OpenVINO, ONNX Runtime and auto, 3 passes "
+        "of 2 s a row, instead of the default's one committee, three backends and 2 passes of 1 s",
     )
     p.add_argument(
-        "--min-calls", type=int, default=5, help="timed calls per row at least, all passes together (3: a quicker run)"
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed calls per row, all passes together (default: 1.0 on CPU, 2.0 with --full or CUDA)",
+    )
+    p.add_argument(
+        "--min-calls",
+        type=int,
+        default=None,
+        help="timed calls per row at least, all passes together (default: 3 on CPU, 5 with --full or CUDA)",
     )
     p.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="passes over all rows, order reversed every other pass, samples pooled (fair ratios on a noisy machine)",
+        default=None,
+        help="passes over all rows, order reversed every other pass, samples pooled (fair ratios on a noisy machine; "
+        "default: 2 on CPU, 3 with --full or CUDA)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
     p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
@@ -102,8 +123,13 @@ def cmd_latency(args: argparse.Namespace) -> int:
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     torch.set_num_threads(max(1, args.threads))
+    quick = device.type == "cpu" and not args.full
+    plan = QUICK if quick else FULL
+    args.budget = plan["budget"] if args.budget is None else args.budget
+    args.rounds = plan["rounds"] if args.rounds is None else args.rounds
+    args.min_calls = plan["min_calls"] if args.min_calls is None else args.min_calls
     try:
-        committees = args.committee or (CPU_COMMITTEES if device.type == "cpu" else ["table6:5"])
+        committees = args.committee or (plan["committee"] if device.type == "cpu" else ["table6:5"])
         groups = {
             f"committee({c})": committee_specs(parse_committee(c), num_classes=args.num_classes) for c in committees
         }
@@ -116,7 +142,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
                 f"--rounds and --min-calls must be >= 1 and --budget > 0, got {args.rounds}, {args.min_calls} "
                 f"and {args.budget}"
             )
-        backends = args.backend or default_backends(device)
+        backends = args.backend or (plan["backend"] if device.type == "cpu" else default_backends(device))
         for name in backends:
             if name not in RUNNERS:
                 raise ValueError(f"unknown backend {name!r}; known: {', '.join(RUNNERS)}")
@@ -159,6 +185,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
         )
     )
     print(f"ratio = latency / {args.baseline} latency, same backend and batch (< 1: faster than {args.baseline})")
+    print(f"compared: {', '.join(groups)} on {', '.join(backends)} at batch {', '.join(map(str, batches))}")
+    if quick:
+        print(f"the full comparison ({' and '.join(CPU_COMMITTEES)} on {', '.join(CPU_BACKENDS)}): {FULL_COMMAND}")
     cross = {}
     for name in list(groups)[1:]:
         cross[name] = crossover(rows, name, args.baseline)

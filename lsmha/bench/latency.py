@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ..models import CCT, CCTSpec, count_macs, count_params, layer_latency
-from .backends import RUNNERS, Runner, make_runner
+from .backends import RUNNERS, make_runner
 from .timing import Timing, time_call
 
 
@@ -40,26 +40,6 @@ class LatencyRow:
     ratio_vs_baseline: float | None = None
     note: str = ""
     calls: int = 0
-
-
-def time_row(
-    group: str,
-    models: list[CCT],
-    backend: str,
-    runner: Runner,
-    batch: int,
-    device: torch.device,
-    rng: np.random.Generator,
-    warmup: int = 3,
-    budget_s: float = 2.0,
-    peak_tflops: float | None = None,
-) -> LatencyRow:
-    """Time `runner` on one random uint8 batch and describe it as a row (`peak_tflops`:
-    the card's dense bf16 peak, for the % column; None on a CPU)."""
-    spec = models[0].spec
-    images = rng.integers(0, 256, (batch, spec.in_chans, spec.img_size, spec.img_size), dtype=np.uint8)
-    timing = time_call(partial(runner.run, runner.prepare(images)), str(device), warmup=warmup, budget_s=budget_s)
-    return describe_row(group, models, backend, batch, timing, runner.note, peak_tflops)
 
 
 def describe_row(
@@ -163,7 +143,13 @@ def run_latency(
         raise ValueError(f"rounds and min_calls must be >= 1, got {rounds} and {min_calls}")
     rng = np.random.default_rng(seed)
     keys = [(g, b, n) for g in groups for b in backends for n in batches]
-    bar = tqdm(total=len(keys) * (rounds + 1), desc="latency", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(keys) * (rounds + 1),
+        desc="latency",
+        disable=not progress,
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}% {n}/{total} steps [{elapsed} elapsed, about {remaining} left]{postfix}",
+    )
     members, runners, inputs = {}, {}, {}
     for group in groups:  # every runner alive at once, so the passes can interleave them
         members[group] = build_members(groups[group], seed)

@@ -1,31 +1,38 @@
-"""The CCT family: spec, layers, model, named paper variants, checkpoints, counting."""
+"""The CCT family: spec, layers, model, named paper variants, checkpoints, counting.
 
-from .checkpoint import load, load_facts, save
-from .committees import PAPER_COMMITTEES, committee_specs, parse_committee
-from .counting import count_macs, count_params, layer_latency
-from .layers import Attention, Block, ConvTokenizer, SeqPool, Standardize
-from .model import CCT
-from .registry import create_model, list_models, model_spec
-from .spec import CCTSpec
+Light on import: each name loads its module on first use, so reading a spec or a manifest
+(`CCTSpec`) does not import torch; the layers, the model and checkpoints do."""
 
-__all__ = [
-    "PAPER_COMMITTEES",
-    "committee_specs",
-    "parse_committee",
-    "CCT",
-    "Attention",
-    "Block",
-    "CCTSpec",
-    "ConvTokenizer",
-    "SeqPool",
-    "Standardize",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "layer_latency",
-    "list_models",
-    "load",
-    "load_facts",
-    "model_spec",
-    "save",
-]
+from typing import Any
+
+_LAZY = {
+    "load": "checkpoint",
+    "load_facts": "checkpoint",
+    "save": "checkpoint",
+    "PAPER_COMMITTEES": "committees",
+    "committee_specs": "committees",
+    "parse_committee": "committees",
+    "count_macs": "counting",
+    "count_params": "counting",
+    "layer_latency": "counting",
+    "Attention": "layers",
+    "Block": "layers",
+    "ConvTokenizer": "layers",
+    "SeqPool": "layers",
+    "Standardize": "layers",
+    "CCT": "model",
+    "create_model": "registry",
+    "list_models": "registry",
+    "model_spec": "registry",
+    "CCTSpec": "spec",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lsmha.models' has no attribute {name!r}")

@@ -3,7 +3,8 @@ and the Triton model-repository writer (`lsmha-export triton`).
 
 Light on import: FastAPI, uvicorn and prometheus_client (the `serve` extra) load only
 with `create_app`, `CommitteeService`, `CommitteeServer`, `BackgroundServer` or
-`ServerMetrics`, so `lsmha-export triton` works without them.
+`ServerMetrics`, so `lsmha-export triton` works without them; torch only with
+`write_triton_repository` (or a committee), so `lsmha-serve --help` answers at once.
 """
 
 from .batcher import BatcherStats, BatchKey, DynamicBatcher, QueueFull, ShuttingDown
@@ -17,7 +18,6 @@ from .protocol import (
     decode_request,
     encode_images,
 )
-from .triton import write_triton_repository
 
 _LAZY = {
     "CommitteeService": "app",
@@ -25,6 +25,7 @@ _LAZY = {
     "CommitteeServer": "server",
     "BackgroundServer": "server",
     "ServerMetrics": "metrics",
+    "write_triton_repository": "triton",
 }
 
 __all__ = [
