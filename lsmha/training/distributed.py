@@ -81,15 +81,6 @@ def gather_strided(ctx: DistContext, rows: torch.Tensor, total: int) -> torch.Te
     return out
 
 
-def broadcast_flag(ctx: DistContext, flag: bool) -> bool:
-    """Rank 0's boolean, on every rank."""
-    if not ctx.distributed:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
         dist.barrier()
