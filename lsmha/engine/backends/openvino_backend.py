@@ -15,12 +15,9 @@ one infer request. "throughput" (large batches, concurrent callers): PERFORMANCE
 THROUGHPUT, a pool of the plugin's optimal number of infer requests; a batch is
 split over the free ones and run asynchronously, and concurrent calls share the pool.
 "auto" (default): latency below `THROUGHPUT_FROM` images a call, throughput from there
-(its graph compiled on the first such call): on 2 cores of an AVX512_BF16 EPYC the
-throughput graph ran batch 32 1.2-1.6x faster than stock OpenVINO's latency default.
-One image a call (a latency caller's usual case) runs a copy of the latency graph with
-its batch fixed at 1, which the plugin plans once for that shape: 1.02-1.34x the
-dynamic-batch graph at batch 1 there (CCT-7/3x1, 2 x CCT-2/3x5, Table 6; interleaved).
-Measurements behind these choices: docs/performance.md.
+(its graph compiled on the first such call). One image a call (a latency caller's usual
+case) runs a copy of the latency graph with its batch fixed at 1, which the plugin plans
+once for that shape. The measurements behind these choices are in docs/performance.md.
 """
 
 from __future__ import annotations
