@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dropout_attention import chunked_dropout_attention
+
 
 class Standardize(nn.Module):
     """Per-image standardisation (paper, Appendix): subtract each image's mean and
@@ -68,9 +70,14 @@ class Attention(nn.Module):
     of 8 with the scale of the TRUE size, so q·k and the weighted sum of v are
     unchanged while fused kernels apply. The plain path is kept beside it for
     checking.
+
+    Training on a CPU with attention dropout, `chunked_dropout` runs
+    `chunked_dropout_attention` (the same dropout, in cache-sized chunks) instead of
+    SDPA, whose CPU math fallback writes every head's N x N weights to memory.
     """
 
     fused_attn: bool = True
+    chunked_dropout: bool = True
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0, proj_dropout: float = 0.0) -> None:
         super().__init__()
@@ -91,7 +98,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
         p = self.attn_dropout if self.training else 0.0
-        if self.fused_attn:
+        if self.fused_attn and self.chunked_dropout and p > 0 and x.device.type == "cpu":
+            out = chunked_dropout_attention(q, k, v, p, self.scale)
+        elif self.fused_attn:
             pad = self.padded_size - self.head_size
             if pad:
                 q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))  # (B, H, N, hp)

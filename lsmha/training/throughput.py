@@ -1,10 +1,12 @@
 """Training throughput: images/s of full training steps (forward, soft-target loss,
 backward, AdamW step) with the data already on the device, with or without the
-batch augmentation of the recipe. `lsmha-bench` calls `measure`.
+batch augmentation of the recipe. `lsmha-bench` calls `measure`, and
+`compare_attention` to time the attention-dropout paths against each other.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 
 from ..models import CCT, create_model
+from ..models.layers import Attention
 from .augment import BatchAugment
 from .distributed import resolve_device
 from .loop import soft_target_cross_entropy
@@ -110,3 +113,68 @@ def compare(model: str | CCT = "cct_7_3x1", **kw: Any) -> dict[str, Any]:
         "with_augment": full.to_dict(),
         "ratio": full.images_per_s / bare.images_per_s,
     }
+
+
+ATTENTION_PATHS = ("sdpa", "chunked")
+
+
+def set_attention_path(net: torch.nn.Module, path: str) -> None:
+    """Train `net`'s attention dropout through "chunked" (`chunked_dropout_attention`
+    on a CPU) or "sdpa" (`F.scaled_dot_product_attention`, its math fallback on a CPU)."""
+    if path not in ATTENTION_PATHS:
+        raise ValueError(f"attention path must be one of {', '.join(ATTENTION_PATHS)}, got {path!r}")
+    for m in net.modules():
+        if isinstance(m, Attention):
+            m.chunked_dropout = path == "chunked"
+
+
+def compare_attention(
+    model: CCT,
+    paths: tuple[str, ...] = ATTENTION_PATHS,
+    batch_size: int = 128,
+    device: str = "auto",
+    steps: int = 5,
+    warmup: int = 2,
+    recipe: Recipe | None = None,
+) -> dict[str, Any]:
+    """Model-only training images/s of one model under each attention path, interleaved
+    step by step (so a loaded machine slows every path alike), and each path's ratio to
+    the first. Every path trains its own copy of the same initial weights."""
+    dev = resolve_device(device)
+    recipe = recipe or Recipe()
+    gen = torch.Generator().manual_seed(0)
+    size, classes = model.spec.img_size, model.spec.num_classes
+    images = torch.randint(0, 256, (batch_size, 3, size, size), generator=gen, dtype=torch.uint8).to(dev)
+    targets = torch.nn.functional.one_hot(torch.randint(0, classes, (batch_size,), generator=gen), classes)
+    targets = targets.float().to(dev)
+    nets, optimizers = {}, {}
+    for path in paths:
+        net = copy.deepcopy(model).to(dev).train()
+        set_attention_path(net, path)
+        nets[path] = net
+        optimizers[path] = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    def step(path: str) -> None:
+        loss = soft_target_cross_entropy(nets[path](images), targets)
+        optimizers[path].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers[path].step()
+
+    for _ in range(warmup):
+        for path in paths:
+            step(path)
+    rates: dict[str, list[float]] = {path: [] for path in paths}
+    for _ in range(steps):
+        for path in paths:
+            _sync(dev)
+            t0 = time.perf_counter()
+            step(path)
+            _sync(dev)
+            rates[path].append(batch_size / (time.perf_counter() - t0))
+    result: dict[str, Any] = {}
+    for path in paths:
+        q = torch.tensor(rates[path]).quantile(torch.tensor([0.5, 0.1, 0.9])).tolist()
+        result[path] = {"images_per_s": q[0], "images_per_s_p10": q[1], "images_per_s_p90": q[2]}
+    result["ratio"] = {path: result[path]["images_per_s"] / result[paths[0]]["images_per_s"] for path in paths[1:]}
+    result.update(batch_size=batch_size, device=str(dev), steps=steps, threads=torch.get_num_threads())
+    return result
