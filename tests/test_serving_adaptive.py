@@ -10,7 +10,7 @@ import pytest
 from lsmha.engine import Committee
 from lsmha.engine.adaptive import Calibration, margins, partial_sums, write_calibration
 from lsmha.engine.adaptive_committee import AdaptiveCommittee
-from lsmha.export.calibrate import ensure_member_graphs
+from lsmha.export.calibrate_cli import ensure_member_graphs
 from lsmha.serving import BackgroundServer, CommitteeService, ServeConfig
 from lsmha.serving.protocol import decode_outputs, encode_images
 

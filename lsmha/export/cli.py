@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from ..cli_help import HelpFormatter, add_exit_codes, run_command
 from ..serving.triton import add_triton_parser
 from ..verify_cli import register as add_verify_parser
-from . import aoti_cli, calibrate, onnx_cli, tensorrt_cli
+from . import aoti_cli, calibrate_cli, onnx_cli, tensorrt_cli
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     onnx_cli.register,
@@ -22,7 +22,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     aoti_cli.register,
     tensorrt_cli.register,
     add_triton_parser,
-    calibrate.register,
+    calibrate_cli.register,
 ]
 
 
