@@ -49,7 +49,8 @@ def test_chunked_drop_rate_is_p():
     assert not torch.equal(keep.round(), again.round())  # a fresh mask every call
 
 
-def test_attention_trains_through_the_chunked_path_on_the_cpu():
+def test_attention_trains_through_the_chunked_path_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # the chunked path is for one thread
     B, N, D, H, p = 3, 10, 32, 4, 0.1
     attn = Attention(D, H, attn_dropout=p).train()
     x = torch.randn(B, N, D)
@@ -60,6 +61,18 @@ def test_attention_trains_through_the_chunked_path_on_the_cpu():
     q, k, v = attn.qkv(x).reshape(B, N, 3, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)
     want = plain(q, k, v, p, attn.scale, drop.view(B, H, N, N)).transpose(1, 2).reshape(B, N, D)
     assert (got - want).abs().max() <= 1e-5
+
+
+def test_with_several_threads_sdpa_stays(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    attn = Attention(32, 4, attn_dropout=0.1).train()
+    calls = []
+    monkeypatch.setattr("lsmha.models.layers.chunked_dropout_attention", lambda q, k, v, p, s: calls.append(p) or q)
+    attn.attend(torch.randn(2, 10, 32))
+    assert calls == []
+    attn.chunked_dropout = True  # asked for by name (lsmha-bench train --attention chunked): taken
+    attn.attend(torch.randn(2, 10, 32))
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("training, p", [(False, 0.1), (True, 0.0)])

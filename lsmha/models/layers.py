@@ -57,6 +57,10 @@ class ConvTokenizer(nn.Module):
         return self.layers(x).flatten(2).transpose(1, 2)  # (B, N, D)
 
 
+def _one_thread() -> bool:
+    return torch.get_num_threads() == 1
+
+
 def padded_head_size(head_size: int, multiple: int = 8) -> int:
     """Head size rounded up to `multiple`, the granularity fused SDPA kernels want."""
     return -(-head_size // multiple) * multiple
@@ -71,13 +75,14 @@ class Attention(nn.Module):
     unchanged while fused kernels apply. The plain path is kept beside it for
     checking.
 
-    Training on a CPU with attention dropout, `chunked_dropout` runs
-    `chunked_dropout_attention` (the same dropout, in cache-sized chunks) instead of
-    SDPA, whose CPU math fallback writes every head's N x N weights to memory.
+    Training on a CPU with attention dropout and one torch thread, `chunked_dropout`
+    runs `chunked_dropout_attention` (the same dropout, in cache-sized chunks) instead of
+    SDPA, whose CPU math fallback writes every head's N x N weights to memory. With more
+    threads SDPA stays: the chunk loop's many short parallel regions made it slower there.
     """
 
     fused_attn: bool = True
-    chunked_dropout: bool = True
+    chunked_dropout: bool | None = None  # None: with one torch thread; True / False: always / never
 
     def __init__(self, dim: int, heads: int, attn_dropout: float = 0.0, proj_dropout: float = 0.0) -> None:
         super().__init__()
@@ -98,7 +103,8 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
         p = self.attn_dropout if self.training else 0.0
-        if self.fused_attn and self.chunked_dropout and p > 0 and x.device.type == "cpu":
+        chunked = _one_thread() if self.chunked_dropout is None else self.chunked_dropout
+        if self.fused_attn and chunked and p > 0 and x.device.type == "cpu":
             out = chunked_dropout_attention(q, k, v, p, self.scale)
         elif self.fused_attn:
             pad = self.padded_size - self.head_size
