@@ -31,7 +31,7 @@ def _forged(tmp_path, tiny_spec, **changes):
     ],
 )
 def test_forged_spec_is_refused_before_any_weight_is_allocated(tmp_path, tiny_spec, monkeypatch, changes, message):
-    """Issue item 4: the header's tensor shapes are compared with the spec before the model
+    """the header's tensor shapes are compared with the spec before the model
     is built; only a meta-device model (no memory) may be built from an unchecked spec."""
     path = _forged(tmp_path, tiny_spec, **changes)
     real_cct = checkpoint.CCT

@@ -23,7 +23,7 @@ def _models():
 
 
 def test_export_killed_after_the_weights_is_refused(tmp_path, monkeypatch):
-    """Issue item 10: the directory an export leaves when it dies once the weights are written
+    """the directory an export leaves when it dies once the weights are written
     but before the graphs are listed does not load as a committee."""
     from lsmha.export import onnx as onnx_export
 
@@ -57,7 +57,7 @@ def _no_space():
 
 
 def test_full_disk_during_export_is_one_line_exit_3_without_temporaries(tmp_path, monkeypatch, capsys):
-    """Issue item 11: ENOSPC while the graph is written: exit 3, one line naming the path and
+    """ENOSPC while the graph is written: exit 3, one line naming the path and
     the cause, no .tmp left, and the half-written directory refused."""
     import onnx
 
@@ -75,7 +75,7 @@ def test_full_disk_during_export_is_one_line_exit_3_without_temporaries(tmp_path
 
 
 def test_read_only_directory_during_training_is_one_line_without_temporaries(tmp_path, monkeypatch, capsys):
-    """Issue item 11: the run directory turns read-only (EROFS) as the state is saved: exit 3,
+    """the run directory turns read-only (EROFS) as the state is saved: exit 3,
     one line naming train_state.pt.tmp and the cause, the temporary removed."""
     from lsmha.training import state
     from lsmha.training.cli import main
@@ -95,7 +95,7 @@ def test_read_only_directory_during_training_is_one_line_without_temporaries(tmp
 
 
 def test_permission_denied_is_a_failure_naming_the_path(tmp_path, monkeypatch, capsys):
-    """Issue item 11: a directory the user may not write (EACCES) is exit 1 with the path."""
+    """a directory the user may not write (EACCES) is exit 1 with the path."""
     from pathlib import Path
 
     from lsmha.export.cli import main

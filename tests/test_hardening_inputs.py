@@ -30,7 +30,7 @@ class RaisingArray:
     ],
 )
 def test_tensors_without_data_and_raising_array_likes_are_value_errors(images, message):
-    """Issue item 14: meta, nested (and sparse) tensors and a raising `__array__` are ValueErrors."""
+    """meta, nested (and sparse) tensors and a raising `__array__` are ValueErrors."""
     with pytest.raises(ValueError, match=message):
         check_images(images, 32, 3)
 
@@ -42,7 +42,7 @@ def test_dense_tensors_still_pass():
 
 @pytest.mark.parametrize("length", [2**62, 2**40, 100_000_000])
 def test_huge_safetensors_header_length_is_not_called_a_text_file(tmp_path, length):
-    """Issue item 14: a safetensors file whose header length is forged is named as one."""
+    """a safetensors file whose header length is forged is named as one."""
     path = tmp_path / "forged.safetensors"
     path.write_bytes(struct.pack("<Q", length) + b'{"__metadata__":{}}' + b"\0" * 64)
     assert file_kind(path) == f"a safetensors file with a corrupt header length ({length} bytes)"

@@ -47,21 +47,21 @@ def test_untouched_export_reads_back(export_dir):
     ],
 )
 def test_spec_that_disagrees_with_member_weights_is_refused(export_dir, fields, message):
-    """Issue item 3: member specs are checked against the weights stored for each member."""
+    """member specs are checked against the weights stored for each member."""
     _edit(export_dir, _set_members(**fields))
     with pytest.raises(ValueError, match=message):
         read_manifest(export_dir)
 
 
 def test_extra_member_spec_is_refused(export_dir):
-    """Issue item 3: an advertised member without weights or a graph."""
+    """an advertised member without weights or a graph."""
     _edit(export_dir, lambda doc: (doc["members"].append(dict(doc["members"][0])), doc.pop("members_sha256")))
     with pytest.raises(ValueError, match=r"lists 3 member specs but holds weights for members \[0, 1\]"):
         read_manifest(export_dir)
 
 
 def test_spec_checked_against_the_graph_without_member_weights(export_dir):
-    """Issue item 3: with the weights unlisted, the declared tensors and then the ONNX graph's
+    """with the weights unlisted, the declared tensors and then the ONNX graph's
     own shapes still give the forgery away."""
 
     def drop_weights(doc):
@@ -82,7 +82,7 @@ def test_spec_checked_against_the_graph_without_member_weights(export_dir):
 
 
 def test_specs_are_hashed(export_dir):
-    """Issue item 3: an edit to the specs (here only a member's name) breaks members_sha256."""
+    """an edit to the specs (here only a member's name) breaks members_sha256."""
     _edit(export_dir, lambda doc: doc["members"][0].update(name="renamed"))
     with pytest.raises(ValueError, match="do not match their members_sha256"):
         read_manifest(export_dir)
@@ -109,14 +109,14 @@ def test_committee_load_refuses_a_forged_spec(export_dir):
     ],
 )
 def test_malformed_manifest_is_a_value_error(export_dir, change, message):
-    """Issue item 13: malformed manifests give a ValueError naming the field, not a traceback."""
+    """malformed manifests give a ValueError naming the field, not a traceback."""
     _edit(export_dir, change)
     with pytest.raises(ValueError, match=message):
         read_manifest(export_dir)
 
 
 def test_deeply_nested_manifest_is_a_value_error(export_dir):
-    """Issue item 13: a 100,000-deep manifest."""
+    """a 100,000-deep manifest."""
     depth = 100_000
     (export_dir / "manifest.json").write_text('{"format": "lsmha-export-1", "x": ' + "[" * depth + "]" * depth + "}")
     with pytest.raises(ValueError, match="nested too deeply"):

@@ -19,7 +19,7 @@ def _text(data, datatype="UINT8") -> str:
 
 
 def test_integer_literal_beyond_python_limit_is_a_400():
-    """Issue item 7: a 5,000-digit integer in the JSON is a 400, not a 500 with a traceback."""
+    """a 5,000-digit integer in the JSON is a 400, not a 500 with a traceback."""
     body = _text([0] * N).replace("[0, ", "[" + "9" * 5000 + ", ", 1).encode()
     with pytest.raises(ProtocolError, match="got an integer literal of 5000 characters") as info:
         decode_body(body, None, SPEC)
@@ -27,7 +27,7 @@ def test_integer_literal_beyond_python_limit_is_a_400():
 
 
 def test_huge_binary_header_length_is_a_400():
-    """Issue item 7: a 5,000-digit Inference-Header-Content-Length is a 400."""
+    """a 5,000-digit Inference-Header-Content-Length is a 400."""
     with pytest.raises(ProtocolError, match="Inference-Header-Content-Length must be") as info:
         decode_body(_text([0] * N).encode(), "9" * 5000, SPEC)
     assert info.value.status == 400
@@ -35,7 +35,7 @@ def test_huge_binary_header_length_is_a_400():
 
 @pytest.mark.parametrize("datatype, value", [("UINT8", True), ("UINT8", False), ("FP32", True)])
 def test_true_among_numbers_is_a_400(datatype, value):
-    """Issue item 7: JSON `true` among the numbers is refused, not read as 1."""
+    """JSON `true` among the numbers is refused, not read as 1."""
     data = [0] * N
     data[5] = value
     with pytest.raises(ProtocolError, match="got true or false among them") as info:

@@ -24,7 +24,7 @@ from lsmha.serving.config import ServeConfig
     ],
 )
 def test_unusable_settings_exit_2(tmp_path, capsys, option, value, message):
-    """Issue item 8: --max-delay-ms inf (every request would hang), --max-body-mb inf (every
+    """--max-delay-ms inf (every request would hang), --max-body-mb inf (every
     infer a 500) and names no URL reaches are refused with exit 2."""
     assert main([str(tmp_path), option, value]) == 2
     err = capsys.readouterr().err
@@ -36,7 +36,7 @@ def test_ordinary_names_and_settings_pass():
 
 
 def test_busy_port_is_named(serving_export, capsys):
-    """Issue item 8: a port another process listens on is `lsmha-serve: error:` naming it (exit 2)."""
+    """a port another process listens on is `lsmha-serve: error:` naming it (exit 2)."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

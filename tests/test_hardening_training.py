@@ -55,7 +55,7 @@ PIXELS = np.zeros((4, 3072), np.uint8)
     ],
 )
 def test_cifar100_python_files_are_checked_up_front(tmp_path, data, fine, message):
-    """Issue item 12: counts, dtypes and label ranges of CIFAR-100's python layout."""
+    """counts, dtypes and label ranges of CIFAR-100's python layout."""
     with pytest.raises(ValueError, match=message):
         load_dataset("cifar100", "train", _cifar_python(tmp_path, data, fine))
 
@@ -71,13 +71,13 @@ def test_cifar100_python_files_are_checked_up_front(tmp_path, data, fine, messag
     ],
 )
 def test_empty_truncated_keyless_and_malicious_pickles_are_value_errors(tmp_path, raw, message):
-    """Issue item 12: each is a ValueError (exit 2 at the CLI), never a traceback or code run."""
+    """each is a ValueError (exit 2 at the CLI), never a traceback or code run."""
     with pytest.raises(ValueError, match=message):
         load_dataset("cifar100", "train", _cifar_python(tmp_path, None, [], raw=raw))
 
 
 def test_cifar100_binary_files_are_checked(tmp_path):
-    """Issue item 12: an empty train.bin and out-of-range labels in the binary layout."""
+    """an empty train.bin and out-of-range labels in the binary layout."""
     with pytest.raises(ValueError, match="holds no images"):
         load_dataset("cifar100", "train", _cifar_binary(tmp_path / "empty", np.zeros((0, 3074))))
     records = np.zeros((3, 3074))
@@ -90,7 +90,7 @@ def test_cifar100_binary_files_are_checked(tmp_path):
 
 
 def test_bad_data_exits_2_with_one_line(tmp_path, capsys):
-    """Issue item 12: at the CLI, a malicious pickle is exit 2 and one line, not a traceback."""
+    """at the CLI, a malicious pickle is exit 2 and one line, not a traceback."""
     root = _cifar_python(tmp_path, None, [], raw=b"cos\nsystem\n(S'echo pwned'\ntR.")
     code = main(["run", *TINY, "--dataset", "cifar100", "--data-dir", str(root), *FAST, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
@@ -105,20 +105,20 @@ def digits_run(tmp_path_factory):
 
 
 def test_one_epoch_is_said_in_the_singular(digits_run, tmp_path, capsys):
-    """Issue item 15: "after 1 epoch", not "after 1 epochs"."""
+    """"after 1 epoch", not "after 1 epochs"."""
     out = tmp_path / "again"
     assert main(["run", *TINY, "--dataset", "digits", *FAST, "--epochs", "1", "--out", str(out)]) == 0
     assert "after 1 epoch\n" in capsys.readouterr().out
 
 
 def test_eval_defaults_to_the_data_set_the_checkpoint_records(digits_run, capsys):
-    """Issue item 15: `lsmha-train eval CKPT` evaluates on the checkpoint's own data set."""
+    """`lsmha-train eval CKPT` evaluates on the checkpoint's own data set."""
     assert main(["eval", str(digits_run / "model.safetensors"), "--limit-val", "16", "--device", "cpu"]) == 0
     assert "digits" in capsys.readouterr().out
 
 
 def test_shp_defaults_to_the_data_set_the_checkpoint_records(digits_run):
-    """Issue item 15: `lsmha-shp --checkpoint CKPT` without --dataset reads the checkpoint's."""
+    """`lsmha-shp --checkpoint CKPT` without --dataset reads the checkpoint's."""
     from lsmha.analysis.cli import build_parser
 
     args = build_parser().parse_args(["--checkpoint", str(digits_run / "model.safetensors"), "--out", "x"])
@@ -126,7 +126,7 @@ def test_shp_defaults_to_the_data_set_the_checkpoint_records(digits_run):
 
 
 def test_truncated_train_state_says_how_to_get_out(digits_run, tmp_path, capsys):
-    """Issue item 15: a truncated train_state.pt names itself and the way out."""
+    """a truncated train_state.pt names itself and the way out."""
     import shutil
 
     out = tmp_path / "run"
@@ -140,14 +140,14 @@ def test_truncated_train_state_says_how_to_get_out(digits_run, tmp_path, capsys)
 
 
 def test_packaged_configs_are_listed_for_an_unknown_name(tmp_path, capsys):
-    """Issue item 15: `--config digits5` lists the packaged configs."""
+    """`--config digits5` lists the packaged configs."""
     assert main(["committee", "--config", "digits5", "--dataset", "digits", "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "no packaged committee config 'digits5'" in err and "digits4" in err and "table6" in err
 
 
 def test_committee_refusal_does_not_mention_resume(tmp_path, capsys):
-    """Issue item 15: `committee` has no --resume, so its refusal must not ask for one."""
+    """`committee` has no --resume, so its refusal must not ask for one."""
     out = tmp_path / "c"
     common = ["committee", "--config", "digits4", "--first", "1", "--dataset", "digits", *FAST, "--out", str(out)]
     assert main([*common, "--epochs", "1"]) == 0
@@ -157,7 +157,7 @@ def test_committee_refusal_does_not_mention_resume(tmp_path, capsys):
 
 
 def test_option_prefixes_are_not_taken(capsys):
-    """Issue item 15: `--epoch 2` is not silently read as `--epochs 2`."""
+    """`--epoch 2` is not silently read as `--epochs 2`."""
     with pytest.raises(SystemExit) as exit_info:
         main(["run", *TINY, "--dataset", "digits", "--epoch", "2", "--out", "x"])
     err = capsys.readouterr().err
@@ -166,7 +166,7 @@ def test_option_prefixes_are_not_taken(capsys):
 
 
 def test_sigterm_exits_with_a_message_and_how_to_resume(tmp_path):
-    """Issue item 15: SIGTERM during `lsmha-train run` is one line and exit 1, not a silent 143."""
+    """SIGTERM during `lsmha-train run` is one line and exit 1, not a silent 143."""
     out = tmp_path / "run"
     args = ["run", *TINY, "--dataset", "synthetic", *FAST, "--epochs", "1000", "--out", str(out)]
     log = tmp_path / "log"
