@@ -97,14 +97,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
 
+    def _chunked(self) -> bool:
+        return _one_thread() if self.chunked_dropout is None else self.chunked_dropout
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The QKV attention before the projection: (B, N, D) -> (B, N, D)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
         p = self.attn_dropout if self.training else 0.0
-        chunked = _one_thread() if self.chunked_dropout is None else self.chunked_dropout
-        if self.fused_attn and chunked and p > 0 and x.device.type == "cpu":
+        if self.fused_attn and p > 0 and x.device.type == "cpu" and self._chunked():
             out = chunked_dropout_attention(q, k, v, p, self.scale)
         elif self.fused_attn:
             pad = self.padded_size - self.head_size
