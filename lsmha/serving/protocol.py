@@ -53,6 +53,12 @@ HEADER_LENGTH = "Inference-Header-Content-Length"  # HTTP header of the binary t
 # parsing holds the interpreter (about 15-60 ms per MiB), and no valid request needs it.
 JSON_BYTES_PER_VALUE = 64
 JSON_OVERHEAD_BYTES = 64 << 10
+# The parser's cost is per value, list and object (an allocation each, the interpreter held
+# throughout), not per byte: 6 MiB of `[[0],[0],...]` is 1.6 million lists, seconds to parse.
+# So a JSON part with more of them than `max_images` images can hold is refused before
+# parsing, counted by a byte search (milliseconds for the largest allowed part); the overhead
+# leaves room for the id, outputs and parameters.
+JSON_OVERHEAD_TOKENS = 4096
 
 
 class ProtocolError(ValueError):
@@ -80,6 +86,15 @@ class InputSpec:
     def max_json_bytes(self) -> int:
         """The largest JSON part a request may have: `max_images` images written as JSON numbers."""
         return self.max_images * math.prod(self.shape("UINT8")) * JSON_BYTES_PER_VALUE + JSON_OVERHEAD_BYTES
+
+    @property
+    def max_json_tokens(self) -> int:
+        """The most values, lists and objects a request may hold: `max_images` images, each
+        value, and each list of an image nested as deeply as its shape allows."""
+        per_image = max(
+            math.prod(self.shape(dt)) + 1 + d0 + d0 * d1 for dt in ACCEPTED for d0, d1, _ in [self.shape(dt)]
+        )
+        return self.max_images * per_image + JSON_OVERHEAD_TOKENS
 
     def describe(self) -> str:
         return " or ".join(f"{dt} {ACCEPTED[dt]} shape [N, {', '.join(map(str, self.shape(dt)))}]" for dt in ACCEPTED)
@@ -281,12 +296,28 @@ def check_json_size(n: int, spec: InputSpec) -> None:
         )
 
 
+def check_json_tokens(head: bytes, spec: InputSpec) -> None:
+    """Refuse (400) a JSON part holding more values, lists and objects than a request for
+    `spec` can, before it is parsed. Each value but the last of a list or object follows a ',',
+    each list and object opens with '[' or '{': their count (strings included, so never fewer)
+    bounds what the parser would build."""
+    tokens = head.count(b",") + head.count(b"[") + head.count(b"{")
+    if tokens > spec.max_json_tokens:
+        raise ProtocolError(
+            f"the JSON part holds about {tokens} values, lists and objects (its ',' '[' '{{'); a request of at "
+            f"most {spec.max_images} images holds at most {spec.max_json_tokens}: expected {spec.describe()}, "
+            "flat or nested as its shape"
+        )
+
+
 def decode_body(body: bytes, header_length: str | None, spec: InputSpec) -> InferRequest:
     """The whole request path from raw HTTP body to `InferRequest`: split off binary tensors
     (`header_length` is the `Inference-Header-Content-Length` header or None), bound and parse
-    the JSON, validate. CPU-bound: the server runs it off its event loop."""
+    the JSON (its size and its count of values), parse, validate. CPU-bound: the server runs it
+    off its event loop."""
     head, binary = split_body(body, header_length)
     check_json_size(len(head), spec)
+    check_json_tokens(head, spec)
     try:
         doc = json.loads(head, parse_int=_bounded_int)
         # the element-wise search for booleans only when the text has one (a fast byte search)
