@@ -24,13 +24,16 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .artifacts import COMMITTEE, ExportManifest, FileEntry, read_manifest
-from .engine import BackendUnavailable, FileRunner, Source, check_images, file_runtime, open_backend, open_file
 
+if TYPE_CHECKING:
+    from .engine import FileRunner, Source
+
+# the engine (and torch behind it) loads inside the functions, so `lsmha-export --help` answers without it
 # precision -> (max relative error, min top-1 agreement on real images)
 TOLERANCES: dict[str, tuple[float, float]] = {
     "fp32": (1e-4, 1.0),
@@ -49,6 +52,8 @@ def openvino_precisions() -> list[str]:
 
 
 def _openvino(source: Source, precision: str) -> FileRunner:
+    from .engine import open_backend
+
     backend = open_backend("openvino", source, precision=precision)
     return lambda x: {"logits": backend.logits(x), "member_logits": backend.member_logits(x)}
 
@@ -82,6 +87,8 @@ def tolerance(precision: str) -> tuple[float, float]:
 
 def load_images(path: str | os.PathLike, img_size: int, in_chans: int, count: int) -> np.ndarray:
     """Up to `count` images from a `.npy` file, (N, H, W, C) or (N, C, H, W), checked as the engine does."""
+    from .engine import check_images
+
     path = Path(path)
     try:
         array = np.load(path, allow_pickle=False)
@@ -183,6 +190,8 @@ def verify_export(
         data_dir: where that data set lives, for those that are not embedded (CIFAR-100).
     """
     from tqdm import tqdm
+
+    from .engine import BackendUnavailable, Source, file_runtime, open_file
 
     manifest = read_manifest(directory)
     for entry in manifest.files:

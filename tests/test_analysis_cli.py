@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsmha.analysis import cli
+from lsmha.analysis import block as block_module
 from lsmha.analysis.block import BlockResult
 from lsmha.analysis.cli import main, parse_blocks
 from lsmha.analysis.clusters import block_row
@@ -79,7 +79,7 @@ def test_end_to_end_tables_figures_and_resume(trained, tmp_path, capsys, monkeyp
     def must_not_run(*a, **k):
         raise AssertionError("a stored block was measured again")
 
-    monkeypatch.setattr(cli, "analyse_block", must_not_run)
+    monkeypatch.setattr(block_module, "analyse_block", must_not_run)  # `run` imports it when called
     json_path = str(tmp_path / "s.json")
     assert shp(ck, out, "--threshold", "0.3", "0.6", "--head-epochs", "4", "--no-figures", "--json", json_path) == 0
     printed = capsys.readouterr().out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lsmha.bench import gpu, gpu_plan, gpu_report
+from lsmha.bench import gpu, gpu_cli, gpu_plan, gpu_report
 from lsmha.bench.backends import CUDA_ONLY, RUNNERS, describe, make_runner
 from lsmha.bench.cli import main as bench_main
 from lsmha.bench.gpu_plan import BASELINE, ENGINE, STOCK, STOCK_COMMITTEE, Job, Planner, RunnerKey
@@ -140,7 +140,7 @@ def test_plan_cli_prints_jobs_estimates_and_total_on_any_machine(capsys):
     total = float(lines[-1].split()[1])
     assert lines[-1].startswith("total: ") and total <= 420 and "0 job(s) dropped" in lines[-1]
     assert "lever stack=pad" in out and "dropped " not in out
-    assert gpu.main(["--plan", "--deadline", "100"]) == 0
+    assert gpu_cli.main(["--plan", "--deadline", "100"]) == 0
     assert "dropped" in capsys.readouterr().out
 
 
@@ -227,7 +227,7 @@ def test_sigterm_drops_the_running_job_and_the_rest_and_keeps_rows():
 
 @pytest.mark.skipif(CUDA, reason="checks the no-GPU exit")
 def test_gpu_bench_without_cuda_exits_3(capsys):
-    assert gpu.main([]) == 3
+    assert gpu_cli.main([]) == 3
     assert "no CUDA device" in capsys.readouterr().err
 
 

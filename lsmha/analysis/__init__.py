@@ -7,52 +7,49 @@ block     one block measured end to end, stored for resumable runs
 tables    markdown / CSV / JSON
 plots     Fig. 3 per head, Fig. 4 SHP vs HP, Attn. Acc. and SNR along the blocks (matplotlib)
 cli       `lsmha-shp`
+
+Light on import: each name loads its module (and torch) on first use, so `lsmha-shp --help`
+answers before torch loads.
 """
 
-from .block import BlockResult, analyse_block
-from .clusters import (
-    Aggregate,
-    BlockRow,
-    HeadStats,
-    aggregate,
-    aggregate_from_table,
-    block_row,
-    clip,
-    cluster_permutation,
-    find_clusters,
-    head_stats,
-    head_stats_boolean,
-)
-from .heads import ClassifierHead, HeadEvaluation, HeadRecipe, evaluate_head, token_source, train_head
-from .matrices import head_columns, hp_from_snp, normalise, shp_fields, snp_fields
-from .tables import csv_table, markdown_table, write_json
+from typing import Any
 
-__all__ = [
-    "Aggregate",
-    "BlockResult",
-    "BlockRow",
-    "ClassifierHead",
-    "HeadEvaluation",
-    "HeadRecipe",
-    "HeadStats",
-    "aggregate",
-    "aggregate_from_table",
-    "analyse_block",
-    "block_row",
-    "clip",
-    "cluster_permutation",
-    "csv_table",
-    "evaluate_head",
-    "find_clusters",
-    "head_columns",
-    "head_stats",
-    "head_stats_boolean",
-    "hp_from_snp",
-    "markdown_table",
-    "normalise",
-    "shp_fields",
-    "snp_fields",
-    "token_source",
-    "train_head",
-    "write_json",
-]
+_LAZY = {
+    "BlockResult": "block",
+    "analyse_block": "block",
+    "Aggregate": "clusters",
+    "BlockRow": "clusters",
+    "HeadStats": "clusters",
+    "aggregate": "clusters",
+    "aggregate_from_table": "clusters",
+    "block_row": "clusters",
+    "clip": "clusters",
+    "cluster_permutation": "clusters",
+    "find_clusters": "clusters",
+    "head_stats": "clusters",
+    "head_stats_boolean": "clusters",
+    "ClassifierHead": "heads",
+    "HeadEvaluation": "heads",
+    "HeadRecipe": "heads",
+    "evaluate_head": "heads",
+    "token_source": "heads",
+    "train_head": "heads",
+    "head_columns": "matrices",
+    "hp_from_snp": "matrices",
+    "normalise": "matrices",
+    "shp_fields": "matrices",
+    "snp_fields": "matrices",
+    "csv_table": "tables",
+    "markdown_table": "tables",
+    "write_json": "tables",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lsmha.analysis' has no attribute {name!r}")

@@ -15,19 +15,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, Any
 
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
-from .block import BlockResult, analyse_block
-from .clusters import block_row
-from .heads import HeadRecipe
-from .matrices import hp_from_snp
-from .tables import csv_table, markdown_table, write_json
 
-CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    from .block import BlockResult
+
+# torch and the analysis modules load inside `run`, after the arguments are parsed
+CACHE_DTYPES = ("float32", "float16", "bfloat16")  # torch dtypes, by name
 RESUME_HINT = "run the same command again to continue: finished blocks are kept in OUT/blocks/"
 
 
@@ -110,9 +106,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Measure (or reuse) every block, then write the tables, figures and JSON."""
+    import torch
+    from tqdm.auto import tqdm
+
     from lsmha.artifacts import sha256_file
     from lsmha.models import load
     from lsmha.training.data import load_dataset, num_classes
+
+    from .block import BlockResult, analyse_block
+    from .heads import HeadRecipe
+    from .tables import write_json
 
     if any(not 0.0 <= t < 1.0 for t in args.threshold):
         raise CliError.usage(f"--threshold values must lie in [0, 1), got {args.threshold}")
@@ -130,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     cache_name = args.cache_dtype
     if cache_name == "auto":
         cache_name = "float16" if torch.device(device).type == "cuda" else "float32"
-    cache_dtype = CACHE_DTYPES[cache_name]
+    cache_dtype = getattr(torch, cache_name)
     labels = num_classes(args.dataset)
     train = load_dataset(args.dataset, "train", args.data_dir, limit=args.limit_train)
     val = load_dataset(args.dataset, "val", args.data_dir, limit=args.limit_val)
@@ -187,6 +190,10 @@ def _same(stored: dict[str, Any], expected: dict[str, Any]) -> bool:
 
 def report(results: list[BlockResult], args: argparse.Namespace, out: Path, name: str) -> dict[str, Any]:
     """Rows for every (block, θ), the tables and figures; returns the markdown and the JSON document."""
+    from .clusters import block_row
+    from .matrices import hp_from_snp
+    from .tables import csv_table, markdown_table
+
     rows, blocks_doc = [], []
     figures = out / "figures"
     for res in results:

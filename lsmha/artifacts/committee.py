@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..models import CCTSpec, load_facts
+from ..models import CCTSpec
 from ..models.spec import check_compatible
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 
@@ -18,6 +18,8 @@ FORMAT = "lsmha-committee-1"
 def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike], **extra: Any) -> Path:
     """Write `committee.json` at `path` for `checkpoints` (which must lie under its
     directory). Members must agree on classes, image size and channels."""
+    from ..models import load_facts  # reads safetensors (torch): loaded only when a committee is written
+
     path = Path(path)
     root = path.parent.resolve()
     if not checkpoints:

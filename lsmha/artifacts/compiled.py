@@ -16,6 +16,7 @@ from typing import Any
 PT2 = "pt2"  # manifest format of an AOTInductor package
 PLAN = "plan"  # manifest format of a TensorRT plan
 PT2_MAX_BATCH = 1 << 16  # the largest dynamic batch a package is built for
+PT2_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # members' arithmetic -> torch dtype
 TENSORRT_INSTALL = "pip install tensorrt (or pip install 'lsmha[gpu]')"
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..models import CCT
 from . import cpu_runners, gpu_runners
+from .choices import CPU_ONLY, CUDA_ONLY, DEFAULT_BACKENDS
 from .runner import Runner, RunnerFactory, sum_logits, to_device
 
 __all__ = [
@@ -112,8 +113,6 @@ RUNNERS: dict[str, RunnerFactory] = {
     "torch-compile-streams": gpu_runners.stock_compile_streams,
     "cuda-graph": gpu_runners.cuda_graph_engine,
 }
-CUDA_ONLY = frozenset({"torch-cuda-graph", "torch-compile-graph", "torch-compile-streams", "cuda-graph"})
-CPU_ONLY = frozenset({"openvino-stock", "openvino", "openvino-fp32", "openvino-throughput", "auto"})
 PEERS = frozenset({"torch", "torch-bf16", "torch-cuda-graph", "torch-compile-graph", "torch-compile-streams",
                    "openvino-stock"})  # fmt: skip
 
@@ -125,9 +124,7 @@ def describe(name: str) -> str:
 
 def default_backends(device: torch.device) -> list[str]:
     """What `lsmha-bench latency` times when `--backend` is not given."""
-    if device.type == "cuda":
-        return ["torch", "torch-bf16", "torch-compile-graph", "cuda-graph"]
-    return ["torch", "openvino-stock", "onnxruntime", "auto"]
+    return list(DEFAULT_BACKENDS["cuda" if device.type == "cuda" else "cpu"])
 
 
 def make_runner(name: str, models: list[CCT], device: torch.device, max_batch: int) -> Runner:

@@ -8,21 +8,18 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
-from ..models import committee_specs, parse_committee
 from ..tables import format_table
 from .adaptive import add_adaptive_parser
-from .backends import CUDA_ONLY, RUNNERS, default_backends
-from .gpu import add_gpu_parser
-from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
+from .choices import CUDA_ONLY, DEFAULT_BACKENDS, RUNNER_NAMES
+from .gpu_cli import add_gpu_parser
 from .plot import add_plot_parser
 from .serve import add_serve_parser
 from .study import add_study_parser
 from .train import add_train_parser
 
-CPU_BACKENDS = default_backends(torch.device("cpu"))
+# torch and the runners load inside the commands, after the arguments are parsed
+CPU_BACKENDS = list(DEFAULT_BACKENDS["cpu"])
 CPU_COMMITTEES = ["cct_2_3x5,cct_2_3x5:heads=4", "table6:5"]  # with the baseline CCT-7/3x1: the CPU comparison
 # the default run on a CPU: the two-member committee against the baseline, the engine's choice
 # against what a user has without it, sized to end within two minutes on two quiet cores; --full
@@ -74,8 +71,9 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         "--backend",
         type=_name_list,
         default=None,
-        help=f"comma-separated backends among {', '.join(RUNNERS)} (default on CPU: {', '.join(QUICK['backend'])}; "
-        f"with --full {', '.join(CPU_BACKENDS)}; torch, torch-bf16, torch-compile-graph, cuda-graph on CUDA)",
+        help=f"comma-separated backends among {', '.join(RUNNER_NAMES)} "
+        f"(default on CPU: {', '.join(QUICK['backend'])}; with --full {', '.join(CPU_BACKENDS)}; "
+        f"{', '.join(DEFAULT_BACKENDS['cuda'])} on CUDA)",
     )
     p.add_argument(
         "--batch", type=_int_list, default=None, help="batch sizes (default: 1,32 on CPU; 1,8,64,256 on CUDA)"
@@ -116,6 +114,11 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models import committee_specs, parse_committee
+    from .latency import SPEEDUP_REFERENCES, crossover, machine_facts, rows_as_dicts, run_latency, speedup_rows
+
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CliError.environment(
             "--device cuda but torch sees no CUDA device (check nvidia-smi), or use --device cpu"
@@ -142,10 +145,10 @@ def cmd_latency(args: argparse.Namespace) -> int:
                 f"--rounds and --min-calls must be >= 1 and --budget > 0, got {args.rounds}, {args.min_calls} "
                 f"and {args.budget}"
             )
-        backends = args.backend or (plan["backend"] if device.type == "cpu" else default_backends(device))
+        backends = args.backend or (plan["backend"] if device.type == "cpu" else list(DEFAULT_BACKENDS["cuda"]))
         for name in backends:
-            if name not in RUNNERS:
-                raise ValueError(f"unknown backend {name!r}; known: {', '.join(RUNNERS)}")
+            if name not in RUNNER_NAMES:
+                raise ValueError(f"unknown backend {name!r}; known: {', '.join(RUNNER_NAMES)}")
             if name in CUDA_ONLY and device.type != "cuda":
                 raise ValueError(f"backend {name!r} needs a CUDA device")
     except ValueError as err:

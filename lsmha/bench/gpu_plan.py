@@ -21,7 +21,6 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.stacked import group_members
 from ..models import CCTSpec
 from ..tables import format_table
 
@@ -116,6 +115,8 @@ def default_jobs(
 
 def _engine_graphs(specs: list[CCTSpec], options: dict[str, Any]) -> list[tuple[Hashable, int]]:
     """(graph key, blocks) of every inductor graph the engine with `options` compiles."""
+    from ..engine.stacked import group_members  # torch: loaded when a plan is made, not for `--help`
+
     if options.get("compile") == "off":
         return []
     stack = options.get("stack", "shape")

@@ -9,8 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table
 
@@ -46,6 +44,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from ..models import CCT, committee_specs, parse_committee
     from ..training.throughput import ATTENTION_PATHS, compare
 
@@ -89,6 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _compare_attention(args: argparse.Namespace, models: list, paths: tuple[str, ...]) -> int:
+    import torch
+
     from ..engine.cpu import cpu_info
     from ..training.throughput import compare_attention
 

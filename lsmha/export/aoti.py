@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from ..artifacts import COMMITTEE, FileEntry, add_entries, file_entry, read_manifest
-from ..artifacts.compiled import PT2, PT2_MAX_BATCH, package_target
+from ..artifacts.compiled import PT2, PT2_MAX_BATCH, PT2_PRECISIONS, package_target
 from ..models import CCT, CCTSpec, load
 from .graphs import INPUT, graph_for, io_tensors
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = {name: getattr(torch, dtype) for name, dtype in PT2_PRECISIONS.items()}
 MAX_BATCH = PT2_MAX_BATCH
 
 

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..artifacts import MANIFEST
+from ..artifacts.compiled import PT2_MAX_BATCH as MAX_BATCH
+from ..artifacts.compiled import PT2_PRECISIONS
 from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table, write_json
-from .aoti import MAX_BATCH, PRECISIONS, cannot_build, export_aoti_dir
 
 HELP = "compile the committee (or each member) into an AOTInductor .pt2 package"
 DESCRIPTION = (
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="with --from: clear an earlier export in the directory first")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device the package is compiled for")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS), help="members' arithmetic")
+    p.add_argument("--precision", default="fp32", choices=sorted(PT2_PRECISIONS), help="members' arithmetic")
     p.add_argument("--members", action="store_true", help="one package per member instead of one for the committee")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="largest batch the package accepts")
     p.add_argument("--json", type=Path, default=None, help="also write the new manifest entries to this file")
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .aoti import cannot_build, export_aoti_dir
     from .directory import write_weights
     from .onnx_cli import load_members
 

@@ -1,39 +1,45 @@
 """Training the CCT family with the paper's recipe: data, augmentation, recipe,
-the (DDP-ready) loop, committees, throughput, and the `lsmha-train` CLI."""
+the (DDP-ready) loop, committees, throughput, and the `lsmha-train` CLI.
 
-from .augment import AugmentConfig, BatchAugment
-from .committee import CommitteeConfig, Member, committee_report, load_committee_config, member_runs, train_committee
-from .data import DATASETS, find_cifar100, load_dataset, num_classes
-from .distributed import DistContext, init_distributed
-from .evaluate import evaluate_checkpoint, predict_logits
-from .loop import RunConfig, TrainResult, soft_target_cross_entropy, train
-from .recipe import PRESETS, Recipe, load_recipe, preset
-from .schedule import EpochSchedule
+Light on import: each name loads its module (and torch) on first use, so `lsmha-train --help`
+answers before torch loads."""
 
-__all__ = [
-    "DATASETS",
-    "PRESETS",
-    "AugmentConfig",
-    "BatchAugment",
-    "CommitteeConfig",
-    "DistContext",
-    "EpochSchedule",
-    "Member",
-    "Recipe",
-    "RunConfig",
-    "TrainResult",
-    "committee_report",
-    "evaluate_checkpoint",
-    "find_cifar100",
-    "init_distributed",
-    "load_committee_config",
-    "load_dataset",
-    "load_recipe",
-    "member_runs",
-    "num_classes",
-    "predict_logits",
-    "preset",
-    "soft_target_cross_entropy",
-    "train",
-    "train_committee",
-]
+from typing import Any
+
+_LAZY = {
+    "AugmentConfig": "augment",
+    "BatchAugment": "augment",
+    "CommitteeConfig": "committee",
+    "Member": "committee",
+    "committee_report": "committee",
+    "load_committee_config": "committee",
+    "member_runs": "committee",
+    "train_committee": "committee",
+    "DATASETS": "choices",
+    "PRESETS": "choices",
+    "find_cifar100": "data",
+    "load_dataset": "data",
+    "num_classes": "data",
+    "DistContext": "distributed",
+    "init_distributed": "distributed",
+    "evaluate_checkpoint": "evaluate",
+    "predict_logits": "evaluate",
+    "RunConfig": "loop",
+    "TrainResult": "loop",
+    "soft_target_cross_entropy": "loop",
+    "train": "loop",
+    "Recipe": "recipe",
+    "load_recipe": "recipe",
+    "preset": "recipe",
+    "EpochSchedule": "schedule",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lsmha.training' has no attribute {name!r}")

@@ -17,18 +17,16 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, parse_args, run_command
-from ..models import model_spec
-from ..models.committees import parse_value
-from .committee import load_committee_config, member_runs, train_committee
-from .data import DATASETS, find_cifar100, find_fashion_mnist, num_classes
-from .distributed import DistContext, init_distributed, resolve_device, shutdown
-from .evaluate import evaluate_checkpoint
-from .loop import RunConfig, check_config, train
-from .recipe import PRESETS, Recipe, dataset_recipe, load_recipe, parse_overrides
-from .state import STATE_FILE
+from .choices import DATASETS, PRESETS
+
+if TYPE_CHECKING:
+    from .distributed import DistContext
+    from .recipe import Recipe
+
+# torch and the training modules load inside the commands, after the arguments are parsed
 
 RESUME_HINT = {
     "run": "run the same command with --resume to continue after the last finished epoch",
@@ -37,6 +35,8 @@ RESUME_HINT = {
 
 
 def _pairs(items: list[str], what: str) -> dict[str, Any]:
+    from ..models.committees import parse_value
+
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -49,6 +49,8 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
 def _base_recipe(args: argparse.Namespace, table: dict[str, Any] | None = None) -> tuple[Recipe, str]:
     """The recipe named by --recipe, else a committee config's [recipe] table, else the data set's
     preset; and where it came from, for the line that says which recipe ran."""
+    from .recipe import Recipe, dataset_recipe, load_recipe
+
     if args.recipe is not None:
         where = "preset" if args.recipe in PRESETS else "file"
         return load_recipe(args.recipe), f"{args.recipe} ({where})"
@@ -60,6 +62,8 @@ def _base_recipe(args: argparse.Namespace, table: dict[str, Any] | None = None) 
 
 def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """--set, then the options that name a recipe field (they win)."""
+    from .recipe import parse_overrides
+
     changes = parse_overrides(args.set, "--set")
     for flag in ("batch_size", "lr", "weight_decay"):
         if getattr(args, flag) is not None:
@@ -71,6 +75,8 @@ def _recipe_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _device(name: str) -> str:
     """`name` checked against this machine (a CUDA device where there is none is an environment error)."""
+    from .distributed import resolve_device
+
     try:
         return str(resolve_device(name))
     except ValueError as err:
@@ -80,11 +86,15 @@ def _device(name: str) -> str:
 
 
 def _start(args: argparse.Namespace) -> DistContext:
+    from .distributed import init_distributed
+
     _device(args.device)
     return init_distributed(args.device)
 
 
 def _check_data(args: argparse.Namespace) -> None:
+    from .data import find_cifar100, find_fashion_mnist
+
     if args.dataset == "cifar100":
         find_cifar100(args.data_dir)
     elif args.dataset == "fashion-mnist":
@@ -203,6 +213,13 @@ def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ..models import model_spec
+    from ..models.committees import parse_value
+    from .data import num_classes
+    from .distributed import shutdown
+    from .loop import RunConfig, train
+    from .state import STATE_FILE
+
     overrides = _pairs(args.model_set, "--model-set")
     if args.dim is not None:
         overrides["dim"] = args.dim
@@ -252,6 +269,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _cmd_committee(args: argparse.Namespace) -> int:
+    from .committee import load_committee_config, member_runs, train_committee
+    from .distributed import shutdown
+    from .loop import check_config, train
+
     config = load_committee_config(args.config)
     if args.first is not None:
         if not 1 <= args.first <= len(config.members):
@@ -298,6 +319,8 @@ def _cmd_committee(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
     if args.dataset is None:
         from ..models import load_facts
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-DATASETS = ("cifar100", "fashion-mnist", "digits", "synthetic")
+from .choices import DATASETS
+
 SPLITS = ("train", "val", "test")
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-100-python.tar.gz or cifar-100-binary.tar.gz)"
 _PYTHON_FILES = ("train", "test")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AugmentConfig
+from .choices import PRESETS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-PRESETS = ("backbone", "head", "digits", "fashion")
 # The preset a run gets when none is named: the paper's 300-epoch recipe learns next to
 # nothing on 8x8 digits in the few epochs such a run is worth.
 DATASET_RECIPES = {"digits": "digits", "fashion-mnist": "fashion"}
