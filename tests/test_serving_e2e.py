@@ -184,8 +184,11 @@ def test_metadata_and_health(server, committee):
     assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
     meta = httpx.get(f"{server.url}/v2/models/{NAME}").json()
     assert meta["members"] == committee.members and meta["backend"] == committee.backend
-    assert meta["inputs"] == [{"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]  # names unique
-    assert meta["input_alternatives"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]
+    assert meta["inputs"] == [  # both forms of the one input; a request sends exactly one, as parameters say
+        {"name": "images", "datatype": "UINT8", "shape": [-1, 32, 32, 3]},
+        {"name": "images", "datatype": "FP32", "shape": [-1, 3, 32, 32]},
+    ]
+    assert "exactly one" in meta["parameters"]["inputs"] and "input_alternatives" not in meta
     assert [o["name"] for o in meta["outputs"]] == ["logits", "label", "member_logits"]
     assert meta["outputs"][2]["shape"] == [-1, 2, 10]
 

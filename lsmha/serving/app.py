@@ -40,10 +40,11 @@ from starlette.requests import ClientDisconnect
 from ..version import __version__
 from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
+from .extension_routes import router as extension_router
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .model_config import EXTENSIONS, MODEL_VERSION, ONE_INPUT, input_tensors, output_tensors
 from .protocol import (
     HEADER_LENGTH,
-    INPUT_NAME,
     InferRequest,
     InputSpec,
     ProtocolError,
@@ -54,7 +55,6 @@ from .protocol import (
 )
 
 log = logging.getLogger("lsmha.serving")
-MODEL_VERSION = "1"  # one version per server; /v2/models/{name}/versions/1/... are the same routes
 
 
 class CommitteeService:
@@ -159,8 +159,7 @@ class CommitteeService:
         return outputs
 
     def metadata(self) -> dict[str, Any]:
-        c, s = self.committee, self.spec
-        h, w, ch = s.shape("UINT8")
+        c = self.committee
         return {
             "name": self.config.name,
             "versions": [MODEL_VERSION],
@@ -168,16 +167,10 @@ class CommitteeService:
             "backend": c.backend,
             "members": c.members,
             "max_batch_size": self.config.max_batch,
-            # one input, so clients that generate requests from the metadata send one tensor; the
-            # other accepted form of the same input is listed beside it
-            "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, h, w, ch]}],
-            "input_alternatives": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, ch, h, w]}],
-            "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, c.num_classes]},
-                {"name": "label", "datatype": "INT64", "shape": [-1]},
-                {"name": "member_logits", "datatype": "FP32", "shape": [-1, len(c.members), c.num_classes]},
-            ]
-            + ([{"name": "members_run", "datatype": "INT64", "shape": [-1]}] if self.config.adaptive else []),
+            # both forms of the one input `images`; a request sends exactly one (parameters say so)
+            "inputs": input_tensors(self.spec),
+            "outputs": output_tensors(c, self.config.adaptive),
+            "parameters": {"inputs": ONE_INPUT},
         }
 
 
@@ -238,6 +231,7 @@ def create_app(service: CommitteeService) -> FastAPI:
 
     app = FastAPI(title="lsmha-serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    app.include_router(extension_router)  # first: its /v2/models/stats before /v2/models/{name}
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -262,7 +256,7 @@ def create_app(service: CommitteeService) -> FastAPI:
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "lsmha-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return {"name": "lsmha-serve", "version": __version__, "extensions": list(EXTENSIONS)}
 
     def unknown(name: str, version: str | None) -> str | None:
         """Why `name` (and `version`, when the URL names one) is not served here, or None."""
@@ -337,7 +331,7 @@ def create_app(service: CommitteeService) -> FastAPI:
             metrics.error("internal")
             log.exception("inference failed")
             return _error(500, f"inference failed: {type(err).__name__}: {err}")
-        metrics.images.inc(len(req.images))
+        metrics.answered(len(req.images))
         doc, blobs = encode_response(config.name, req, rows, MODEL_VERSION)
         content, length = join_body(doc, blobs)
         if length is None:

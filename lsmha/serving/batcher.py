@@ -254,8 +254,4 @@ class DynamicBatcher:
         s.requests_per_batch[len(batch)] += 1
         self._mean_compute_s = 0.9 * self._mean_compute_s + 0.1 * (end - start) if s.batches > 1 else end - start
         if self.metrics is not None:
-            self.metrics.batch_size.observe(rows)
-            self.metrics.batch_requests.observe(len(batch))
-            self.metrics.compute_seconds.observe(end - start)
-            for p in batch:
-                self.metrics.queue_seconds.observe(start - p.arrival)
+            self.metrics.record_batch(rows, start, end, [p.arrival for p in batch])

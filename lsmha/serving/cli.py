@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
 from .config import ServeConfig
+from .engine_options import add_engine_options, backend_options
 
 PROG = "lsmha-serve"
 
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="OpenVINO's compiled-model cache (later starts load the compiled graph from there)",
     )
+    add_engine_options(p)
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the KServe v2 gRPC protocol (inference.GRPCInferenceService) on this port (0: any free)",
+    )
     p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
     )
@@ -106,17 +114,17 @@ def serve(args: argparse.Namespace) -> int:
         from .server import CommitteeServer
     except ImportError as err:
         raise CliError.environment(f"{PROG} needs the serve extra: pip install 'lsmha[serve]' ({err})") from None
-    from ..engine import BACKENDS, BackendUnavailable, Committee, auto_order, check_options, load_source
+    from ..engine import BACKENDS, BackendUnavailable, Committee, load_source
 
     source = load_source(args.dir)  # fail fast on a bad directory (hashes, paths, format): a usage error
     if not 0 <= args.port <= 65535:
         raise CliError.usage(f"--port must be between 0 and 65535, got {args.port}")
     _check_port_free(args.host, args.port)
+    if args.grpc_port is not None:
+        _check_grpc(args)
     if args.backend != "auto" and args.backend not in BACKENDS:
         raise CliError.usage(f"unknown --backend {args.backend!r}; known: auto, {', '.join(sorted(BACKENDS))}")
-    given = {"threads": args.threads, "cache_dir": args.cache_dir}
-    options = {k: v for k, v in given.items() if v is not None}
-    check_options(options, list(auto_order()) if args.backend == "auto" else [args.backend])  # before binding
+    options = backend_options(args)  # before binding
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server: CommitteeServer | None = None
     load_error: list[BaseException] = []
@@ -139,7 +147,9 @@ def serve(args: argparse.Namespace) -> int:
         return Committee.load(source, args.backend, trust_native=args.trust_native, adaptive=args.adaptive, **options)
 
     service = CommitteeService(load, config, on_failure)
-    server = CommitteeServer(service, host=args.host, port=args.port, log_level=args.log_level)
+    server = CommitteeServer(
+        service, host=args.host, port=args.port, log_level=args.log_level, grpc_port=args.grpc_port
+    )
     server.run()
     if service.failure is not None:
         if load_error and isinstance(load_error[0], BackendUnavailable):
@@ -148,6 +158,17 @@ def serve(args: argparse.Namespace) -> int:
             raise CliError.usage(service.failure)
         raise CliError(service.failure)
     return 0
+
+
+def _check_grpc(args: argparse.Namespace) -> None:
+    """--grpc-port: a port, not the HTTP one, free, and grpcio installed."""
+    if not 0 <= args.grpc_port <= 65535 or args.grpc_port == args.port != 0:
+        raise CliError.usage(f"--grpc-port must be between 0 and 65535 and not --port, got {args.grpc_port}")
+    try:
+        from . import grpc_service  # noqa: F401
+    except ImportError as err:
+        raise CliError.environment(f"--grpc-port needs grpcio: pip install 'lsmha[serve]' ({err})") from None
+    _check_port_free(args.host, args.grpc_port)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -16,9 +16,14 @@ lsmha_members_run              histogram: members run per answered image (adapti
 
 from __future__ import annotations
 
+import contextvars
+import time
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from .statistics import InferenceStatistics
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what the server always sent; only legacy names are used
 UNKNOWN_MODEL = "_unknown"  # the one label value for every model name a client sends that is not served
@@ -26,6 +31,9 @@ ERROR_KINDS = (
     "bad_request", "unknown_model", "payload_too_large", "timeout", "disconnected",
     "not_ready", "queue_full", "shutting_down", "internal",
 )  # fmt: skip
+# When the current request arrived: each request runs in its own task (HTTP and gRPC alike), so
+# `request` sets it and `answered` / `error` read it without the handlers passing it along.
+_ARRIVED: contextvars.ContextVar[float | None] = contextvars.ContextVar("lsmha_request_arrived", default=None)
 
 
 def exponential_buckets(start: float, factor: float, count: int) -> tuple[float, ...]:
@@ -82,6 +90,7 @@ class ServerMetrics:
             if adaptive
             else None
         )
+        self.stats = InferenceStatistics()  # Triton's statistics extension (GET /v2/models/NAME/stats)
         self.requests.labels(model=model)  # series exist at 0 from the start, so rates work at once
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
@@ -90,11 +99,31 @@ class ServerMetrics:
         """Count a request for `model`; names not served share one label, so clients cannot
         grow the metrics without bound."""
         self.requests.labels(model=model if model == self.model else UNKNOWN_MODEL).inc()
+        _ARRIVED.set(time.perf_counter())
 
     def error(self, kind: str) -> None:
+        """Count a failed request by `kind` (and, but for unknown models, in the model's statistics)."""
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}; expected one of {', '.join(ERROR_KINDS)}")
         self.errors.labels(kind=kind).inc()
+        if kind != "unknown_model":
+            self.stats.failed(_since_arrival())
+
+    def answered(self, images: int) -> None:
+        """Count a request of `images` images answered successfully."""
+        self.images.inc(images)
+        self.stats.answered(images, _since_arrival())
+
+    def record_batch(self, images: int, start: float, end: float, arrivals: list[float]) -> None:
+        """One executed batch of `images` images, run from `start` to `end` (perf_counter seconds),
+        holding the requests that arrived at `arrivals`."""
+        self.batch_size.observe(images)
+        self.batch_requests.observe(len(arrivals))
+        self.compute_seconds.observe(end - start)
+        waited = [start - arrival for arrival in arrivals]
+        for seconds in waited:
+            self.queue_seconds.observe(seconds)
+        self.stats.batch(images, end - start, waited)
 
     def count_members_run(self, members_run: np.ndarray) -> None:
         """Add one batch's members run per image to the histogram (adaptive servers)."""
@@ -110,3 +139,8 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The body of `GET /metrics` (Prometheus text format)."""
         return generate_latest(_WithoutCreated(self.registry))
+
+
+def _since_arrival() -> float:
+    arrived = _ARRIVED.get()
+    return 0.0 if arrived is None else time.perf_counter() - arrived

@@ -338,16 +338,26 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def encode_tensor(name: str, array: np.ndarray, blobs: list[bytes] | None = None) -> dict[str, Any]:
-    """One v2 tensor: name, shape, datatype and the row-major flattened values, or, given
-    `blobs`, its little-endian bytes appended there and their size in its parameters."""
+def v2_datatype(array: np.ndarray) -> str:
+    """The v2 datatype of an output array ("FP32", "INT64", "UINT8")."""
     datatype = NUMPY_TO_V2.get(array.dtype.name)
     if datatype is None:
         raise TypeError(f"no v2 datatype for numpy {array.dtype}; known: {sorted(NUMPY_TO_V2)}")
-    tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
+    return datatype
+
+
+def tensor_bytes(array: np.ndarray) -> bytes:
+    """A tensor's little-endian, row-major bytes: binary data over HTTP, raw contents over gRPC."""
+    return np.ascontiguousarray(array, dtype=V2_TO_NUMPY[v2_datatype(array)]).tobytes()
+
+
+def encode_tensor(name: str, array: np.ndarray, blobs: list[bytes] | None = None) -> dict[str, Any]:
+    """One v2 tensor: name, shape, datatype and the row-major flattened values, or, given
+    `blobs`, its little-endian bytes appended there and their size in its parameters."""
+    tensor: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": v2_datatype(array)}
     if blobs is None:
         return tensor | {"data": array.reshape(-1).tolist()}
-    blob = np.ascontiguousarray(array, dtype=V2_TO_NUMPY[datatype]).tobytes()
+    blob = tensor_bytes(array)
     blobs.append(blob)
     return tensor | {"parameters": {"binary_data_size": len(blob)}}
 
