@@ -113,6 +113,25 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     return args
 
 
+def subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """`parser` and every subcommand's parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):  # an alias names the same parser again
+                found += subparsers(sub)
+    return found
+
+
+def finish_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The last step of every lsmha command's `build_parser`: the exit-code table at the end of each
+    `--help`, and no abbreviated options on the parser or any subcommand's (argparse would take
+    `--epoch 2` for `--epochs 2`; a typo must be an error, not another option)."""
+    for p in subparsers(parser):
+        p.allow_abbrev = False
+    return add_exit_codes(parser)
+
+
 def add_exit_codes(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Append the exit-code table to `parser`'s help epilog (and to each of its subparsers')."""
     parser.epilog = f"{parser.epilog}\n\n{EXIT_CODES_HELP}" if parser.epilog else EXIT_CODES_HELP

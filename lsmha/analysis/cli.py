@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
+from ..cli_help import CliError, HelpFormatter, finish_parser, parse_args, run_command
 
 if TYPE_CHECKING:
     from .block import BlockResult
@@ -96,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--recompute", action="store_true", help="ignore stored blocks and measure again")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return add_exit_codes(p)
+    return finish_parser(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command("lsmha-shp", run, args, RESUME_HINT)
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
+from ..cli_help import CliError, HelpFormatter, finish_parser, parse_args, run_command
 from ..tables import format_table
 from .adaptive import add_adaptive_parser
 from .choices import CUDA_ONLY, DEFAULT_BACKENDS, RUNNER_NAMES
@@ -226,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_study_parser(sub)
     add_adaptive_parser(sub)
     add_plot_parser(sub)
-    return add_exit_codes(parser)
+    return finish_parser(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command("lsmha-bench", args.func, args)
 
 

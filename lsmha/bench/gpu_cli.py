@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli_help import HelpFormatter, add_exit_codes, run_command
+from ..cli_help import HelpFormatter, finish_parser, parse_args, run_command
 from .gpu_plan import DEFAULT_BATCHES
 
 DEFAULT_DEADLINE_S = 420.0
@@ -67,7 +67,7 @@ def add_gpu_parser(sub: argparse._SubParsersAction) -> None:
     """`lsmha-bench gpu`: register this comparison as a subcommand."""
     p = sub.add_parser("gpu", help="fair stock PyTorch vs the cuda-graph engine on CUDA, one run",
                        description=__doc__, formatter_class=HelpFormatter)  # fmt: skip
-    add_arguments(p)  # the exit-code table comes with lsmha-bench's own (add_exit_codes on the whole parser)
+    add_arguments(p)  # the exit-code table comes with lsmha-bench's own (finish_parser on the whole parser)
     p.set_defaults(func=lambda args: run_command("lsmha-bench gpu", cmd_gpu, args))
 
 
@@ -75,5 +75,4 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lsmha.bench.gpu", description=__doc__,
                                      formatter_class=HelpFormatter)  # fmt: skip
     add_arguments(parser)
-    add_exit_codes(parser)
-    return run_command("python -m lsmha.bench.gpu", cmd_gpu, parser.parse_args(argv))
+    return run_command("python -m lsmha.bench.gpu", cmd_gpu, parse_args(finish_parser(parser), argv))

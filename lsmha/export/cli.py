@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ..cli_help import HelpFormatter, add_exit_codes, run_command
+from ..cli_help import HelpFormatter, finish_parser, parse_args, run_command
 from ..serving.triton import add_triton_parser
 from ..verify_cli import register as add_verify_parser
 from . import aoti_cli, calibrate_cli, onnx_cli, tensorrt_cli
@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for register in SUBCOMMANDS:
         register(sub)
-    return add_exit_codes(parser)
+    return finish_parser(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_command("lsmha-export", args.func, args)
 
 

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli_help import CliError, HelpFormatter, add_exit_codes, parse_args, run_command
+from ..cli_help import CliError, HelpFormatter, finish_parser, parse_args, run_command
 from .choices import DATASETS, PRESETS
 
 if TYPE_CHECKING:
@@ -135,13 +135,12 @@ def _common(p: argparse.ArgumentParser, committee: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     fmt = HelpFormatter
     parser = argparse.ArgumentParser(
-        prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter, allow_abbrev=False
+        prog="lsmha-train", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
         "run",
-        allow_abbrev=False,
         help="train one model",
         description="Train one CCT with the paper's recipe. The run directory keeps metrics.jsonl, a resumable "
         "train_state.pt (written every epoch), model.safetensors and val_logits.npy; --resume continues it "
@@ -158,7 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     com = sub.add_parser(
         "committee",
-        allow_abbrev=False,
         help="train every member of a committee, then report",
         description="Train every member of a committee config one after another (each a resumable run under "
         "OUT/members/; finished members are kept), then write committee.json and a report of member and "
@@ -182,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval",
-        allow_abbrev=False,
         help="validation accuracy of a checkpoint",
         description="Validation accuracy of a checkpoint written by lsmha-train (the facts recorded in it are "
         "printed beside the measured value).",
@@ -203,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
     ev.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     ev.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the result as JSON")
-    return add_exit_codes(parser)
+    return finish_parser(parser)
 
 
 def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
