@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..cli_help import CliError, HelpFormatter, add_exit_codes, run_command
+from ..cli_help import CliError, HelpFormatter, finish_parser, run_command
 from .config import ServeConfig
 from .engine_options import add_engine_options, backend_options
 
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="server log level"
     )
-    return add_exit_codes(p)
+    return finish_parser(p)
 
 
 def serve(args: argparse.Namespace) -> int:
