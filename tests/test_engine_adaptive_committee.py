@@ -15,6 +15,7 @@ from lsmha.artifacts import read_manifest
 from lsmha.engine import Committee, available_backends
 from lsmha.engine.adaptive import Calibration, apply_rule, margins, partial_sums, read_calibration, write_calibration
 from lsmha.engine.adaptive_committee import AdaptiveCommittee
+from lsmha.export.adaptive_graph import write_adaptive_graph
 from lsmha.export.cli import main as export_main
 from lsmha.export.onnx import export_onnx
 from lsmha.models import CCT, CCTSpec
@@ -51,9 +52,12 @@ def images():
     return np.random.default_rng(3).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
 
 
-def _set_thresholds(directory, thresholds, order):
+def _set_thresholds(directory, thresholds, order, graph=False):
+    """Write a calibration; with `graph`, also the adaptive graph for it (else the one there goes stale)."""
     cal = Calibration(list(order), list(thresholds), 0.99, 1, 1.0, 1.0, [1, 0, 0], {"dataset": "test"})
     write_calibration(directory, cal)
+    if graph:
+        write_adaptive_graph(directory, cal)
 
 
 def _mixed_thresholds(member_logits, order):
@@ -78,7 +82,9 @@ def test_calibrate_writes_member_graphs_and_hashed_thresholds(calibrated):
     out, report = calibrated
     manifest = read_manifest(out)  # every hash verified
     paths = {e.path: e for e in manifest.files}
-    assert {"member0.onnx", "member1.onnx", "member2.onnx", "committee.onnx", "adaptive.json"} <= set(paths)
+    assert {"member0.onnx", "member1.onnx", "member2.onnx", "committee.onnx", "adaptive.json", "adaptive.onnx"} <= set(
+        paths
+    )
     assert [paths[f"member{i}.onnx"].scope for i in range(3)] == [0, 1, 2]
     entry = paths["adaptive.json"]
     facts = entry.extra
@@ -105,8 +111,12 @@ def test_a_modified_calibration_is_refused(calibrated, tmp_path):
         AdaptiveCommittee.load(copy, "torch")
 
 
-@pytest.mark.parametrize("backend", ["torch", "onnxruntime", "openvino"])
-def test_adaptive_decisions_follow_the_rule_on_a_mixed_batch(calibrated, images, tmp_path, backend):
+@pytest.mark.parametrize(
+    "backend, graph",
+    [("torch", False), ("onnxruntime", False), ("openvino", False), ("onnxruntime", True), ("openvino", True)],
+)
+def test_adaptive_decisions_follow_the_rule_on_a_mixed_batch(calibrated, images, tmp_path, backend, graph):
+    """Per member (gather, run, scatter in Python) and as one graph (adaptive.onnx), alike."""
     reason = available_backends()[backend]
     if reason:
         pytest.skip(reason)
@@ -117,9 +127,11 @@ def test_adaptive_decisions_follow_the_rule_on_a_mixed_batch(calibrated, images,
     reference = Committee.load(copy, backend)
     member_logits = reference.member_logits(images)
     thresholds = _mixed_thresholds(member_logits, order)
-    _set_thresholds(copy, thresholds, order)
+    _set_thresholds(copy, thresholds, order, graph)
     adaptive = AdaptiveCommittee.load(copy, backend, batch_size=16)  # 40 images: three chunks
     assert isinstance(adaptive, AdaptiveCommittee) and adaptive.backend.startswith(f"adaptive[{backend}")
+    assert adaptive.backend.endswith(", one graph]") == graph  # a stale graph is not used
+    assert (adaptive.runner.graph is not None) == graph
     decisions, runs = adaptive.predict(images, return_members_run=True)
     expected = apply_rule(member_logits, thresholds, order)
     np.testing.assert_array_equal(runs, expected.members_run)
@@ -129,8 +141,49 @@ def test_adaptive_decisions_follow_the_rule_on_a_mixed_batch(calibrated, images,
     full = reference.predict(images)
     np.testing.assert_array_equal(decisions[runs == 3], full[runs == 3])  # the last member decides
     np.testing.assert_array_equal(adaptive.full_predict(images), full)
+    for i in (0, int(np.argmax(runs == 2)), int(np.argmax(runs == 3))):  # batch 1, leaving at each stage
+        one, one_runs = adaptive.predict(images[i : i + 1], return_members_run=True)
+        assert (one[0], one_runs[0]) == (expected.decisions[i], expected.members_run[i])
     adaptive.close()
     reference.close()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_adaptive_graph_at_the_extreme_thresholds(calibrated, images, tmp_path, backend):
+    """Thresholds 0: every image leaves after the first member (the later stages run on no rows);
+    inf: nobody leaves, the graph gives the full committee's sums."""
+    reason = available_backends()[backend]
+    if reason:
+        pytest.skip(reason)
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    reference = Committee.load(copy, backend)
+    member_logits = reference.member_logits(images)
+    _set_thresholds(copy, [0.0, 0.0], [1, 2, 0], graph=True)
+    adaptive = AdaptiveCommittee.load(copy, backend)
+    assert adaptive.runner.graph is not None
+    logits, runs = adaptive.predict_logits(images), adaptive.predict(images, return_members_run=True)[1]
+    np.testing.assert_array_equal(runs, np.ones(40))
+    np.testing.assert_allclose(logits, member_logits[1], rtol=1e-4, atol=1e-4)
+    _set_thresholds(copy, [math.inf, math.inf], [1, 2, 0], graph=True)
+    adaptive = AdaptiveCommittee.load(copy, backend)
+    decisions, runs = adaptive.predict(images, return_members_run=True)
+    np.testing.assert_array_equal(runs, np.full(40, 3))
+    np.testing.assert_allclose(adaptive.predict_logits(images), member_logits.sum(0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(decisions, reference.predict(images))
+
+
+def test_the_full_committee_never_runs_the_adaptive_graph(calibrated):
+    out, _ = calibrated
+    manifest = read_manifest(out)
+    (entry,) = manifest.find(format="adaptive-onnx")
+    cal = read_calibration(manifest)
+    assert entry.path == "adaptive.onnx"
+    assert entry.extra == {"order": cal.order, "thresholds": cal.to_dict()["thresholds"]}
+    assert [o.name for o in entry.outputs] == ["logits", "members_run"]
+    full = Committee.load(out, "onnxruntime")
+    assert full.member_logits(np.zeros((2, 3, 32, 32), np.uint8)).shape == (3, 2, 10)
 
 
 def test_each_member_runs_only_on_the_undecided_images(calibrated, images, tmp_path):

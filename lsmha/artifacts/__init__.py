@@ -2,7 +2,7 @@
 `manifest.json` — with sha256 hashes, atomic JSON and path confinement."""
 
 from .committee import read_committee, write_committee
-from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
+from .files import read_json_document, resolve_inside, sha256_file, write_bytes_atomic, write_json_atomic
 from .manifest import (
     COMMITTEE,
     MANIFEST,
@@ -28,6 +28,7 @@ __all__ = [
     "read_manifest",
     "resolve_inside",
     "sha256_file",
+    "write_bytes_atomic",
     "write_committee",
     "write_json_atomic",
     "write_manifest",

@@ -30,16 +30,21 @@ def resolve_inside(root: Path, relative: str) -> Path:
     return candidate
 
 
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
-    """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write `data` at `path` via a temporary file and a rename: never half-written."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a signal: no half-written temporary left behind
         raise
     return path
+
+
+def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
+    """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
+    return write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hint: str = "") -> tuple[Path, dict]:

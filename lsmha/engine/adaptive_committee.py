@@ -19,7 +19,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..artifacts import COMMITTEE, ExportManifest
-from .adaptive import CALIBRATE_COMMAND, Calibration, Decisions, margins, read_calibration
+from .adaptive import CALIBRATE_COMMAND, GRAPH_FORMAT, Calibration, Decisions, margins, read_calibration
 from .backends import Backend, BackendUnavailable, Source, open_backend
 from .committee import Committee, load_source
 from .inputs import check_images
@@ -47,12 +47,14 @@ def member_source(source: Source, index: int) -> Source:
 
 
 class MemberBackends(Backend):
-    """One backend per member (each a committee of one), run one member at a time."""
+    """One backend per member (each a committee of one), run one member at a time; and, where
+    the export has it, the calibrated rule as one graph (`graph`), which decides instead."""
 
-    def __init__(self, members: Sequence[Backend]) -> None:
+    def __init__(self, members: Sequence[Backend], graph: Backend | None = None) -> None:
         self.members = list(members)
+        self.graph = graph
         self.num_members = len(self.members)
-        self.name = f"adaptive[{self.members[0].name}]"
+        self.name = f"adaptive[{self.members[0].name}" + (", one graph]" if graph is not None else "]")
         batches = [b.max_batch for b in self.members if b.max_batch]
         self.max_batch = min(batches) if batches else None
 
@@ -64,8 +66,34 @@ class MemberBackends(Backend):
         return np.stack([b.logits(images) for b in self.members])
 
     def close(self) -> None:
-        for b in self.members:
+        for b in self.members if self.graph is None else [*self.members, self.graph]:
             b.close()
+
+
+def open_graph(
+    source: Source, calibration: Calibration, backend: str, trust_native: bool, **options: Any
+) -> Backend | None:
+    """The export's adaptive graph (`GRAPH_FILE`) opened on `backend` as a committee of one, or
+    None where the export has none for `calibration` (order and thresholds) or `backend` cannot
+    run it in one session (then the members run one by one)."""
+    entries = source.manifest.find(format=GRAPH_FORMAT) if source.manifest is not None else []
+    wanted = calibration.to_dict()
+    if (
+        not entries
+        or entries[0].extra.get("order") != wanted["order"]
+        or entries[0].extra.get("thresholds") != wanted["thresholds"]
+    ):
+        return None
+    spec, entry = source.specs[0], dataclasses.replace(entries[0], format="onnx", scope=COMMITTEE)
+    narrowed = Source(specs=[spec], manifest=ExportManifest(source.manifest.directory, [spec], [entry], {}))
+    try:
+        runner = open_backend(backend, narrowed, trust_native=trust_native, **options)
+    except BackendUnavailable:
+        return None
+    if not hasattr(runner, "outputs"):  # a backend that runs no single graph of its own
+        runner.close()
+        return None
+    return runner
 
 
 def open_members(
@@ -160,6 +188,13 @@ class AdaptiveCommittee(Committee):
                 f"`lsmha-export calibrate {source.manifest.directory} --dataset NAME` (on the val split)"
             )
         runner = open_members(source, backend, trust_native=trust_native, **options)
+        try:
+            runner.graph = open_graph(source, calibration, backend, trust_native, **options)
+        except BaseException:
+            runner.close()
+            raise
+        if runner.graph is not None:
+            runner.name = f"adaptive[{runner.graph.name}, one graph]"
         return cls.from_members(source.specs, runner, calibration, batch_size)
 
     @property
@@ -174,6 +209,9 @@ class AdaptiveCommittee(Committee):
         return f"AdaptiveCommittee({len(self)} members: {', '.join(self.members)}; backend={self.backend})"
 
     def _decide_chunk(self, x: np.ndarray) -> Decisions:
+        if self.runner.graph is not None:  # the whole rule in one session
+            logits, runs = self.runner.graph.outputs(x)
+            return Decisions(logits.argmax(axis=1), logits.astype(np.float32, copy=False), runs.astype(np.int64))
         n = len(x)
         total = np.zeros((n, self.num_classes), dtype=np.float32)
         runs = np.zeros(n, dtype=np.int64)

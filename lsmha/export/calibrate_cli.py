@@ -4,7 +4,8 @@ It makes sure the export has one fp32 ONNX graph per member (the adaptive commit
 members one by one; missing graphs are exported from the directory's own weights), runs every
 member on the data set's `val` split through those graphs, calibrates the thresholds
 (`lsmha.engine.adaptive.calibrate`) and writes `adaptive.json`, listed and hashed in
-manifest.json with the calibration facts. The test split is never read.
+manifest.json with the calibration facts, and `adaptive.onnx`, the calibrated rule as one graph
+(`lsmha.export.adaptive_graph`). The test split is never read.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def calibrate_export(
     from ..engine.adaptive_committee import open_members
     from ..engine.backends import Source
     from ..training import load_dataset
+    from .adaptive_graph import write_adaptive_graph
 
     ensure_member_graphs(directory, progress)
     manifest = read_manifest(directory)
@@ -121,14 +123,16 @@ def calibrate_export(
         "full_accuracy": float((full == labels.numpy()).mean()),
     }
     write_calibration(manifest.directory, calibration)
+    write_adaptive_graph(manifest.directory, calibration)
     return calibration
 
 
 HELP = "calibrate the adaptive committee's exit thresholds on a data set's val split"
 DESCRIPTION = (
     "Run every member on the val split (never test), choose per stage the smallest margin threshold keeping "
-    "agreement with the full committee >= --target (docs/adaptive.md), and write adaptive.json, listed and "
-    "hashed in manifest.json with the calibration facts. Member graphs missing from the export are written "
+    "agreement with the full committee >= --target (docs/adaptive.md), and write adaptive.json and "
+    "adaptive.onnx (the calibrated rule as one graph, which onnxruntime and openvino run in one session), "
+    "listed and hashed in manifest.json with the calibration facts. Member graphs missing from the export are written "
     "first (member<i>.onnx). Then: Committee.load(DIR, adaptive=True), lsmha-serve --adaptive."
 )
 
@@ -187,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
         f"committee {cal.agreement:.4f}, mean members run {cal.mean_members_run:.3f} of {len(cal.order)} "
         f"(backend {cal.facts['backend']})"
     )
-    print(f"wrote {Path(args.directory) / 'adaptive.json'} (listed and hashed in manifest.json)")
+    print(
+        f"wrote {Path(args.directory) / 'adaptive.json'} and adaptive.onnx, the rule as one graph "
+        "(listed and hashed in manifest.json)"
+    )
     write_json(args.json, cal.to_dict())
     return 0

@@ -253,5 +253,12 @@ class FileBackend(Backend):
     def logits(self, images: np.ndarray) -> np.ndarray:
         return self._run(images, want_members=False)
 
+    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every output of the one committee file for `images`, in the file's order (the
+        adaptive graph's logits and members run)."""
+        if not self.committee_file:
+            raise BackendUnavailable(f"{self.name} runs one file per member, not one graph with outputs of its own")
+        return [np.asarray(self.to_numpy(o)) for o in self.call(self.runners[0], self.prepare(images))]
+
     def close(self) -> None:
         self.runners = []

@@ -124,8 +124,8 @@ class CompiledGraph:
         for _ in range(self.jobs):
             self.pool.put(self.compiled.create_infer_request())
 
-    def run(self, images: np.ndarray, output: int) -> np.ndarray:
-        """Output `output` (0: logits, 1: member_logits) for `images`, split over the free requests."""
+    def _infer(self, images: np.ndarray, outputs: Sequence[int]) -> list[list[np.ndarray]]:
+        """Outputs `outputs` of `images` split over the free requests: one list per chunk."""
         taken = [self.pool.get()]  # wait for one; take more only if free, so concurrent callers never deadlock
         while len(taken) < min(self.jobs, len(images)):
             try:
@@ -138,12 +138,22 @@ class CompiledGraph:
             parts = []
             for request in taken:
                 request.wait()
-                parts.append(request.get_output_tensor(output).data.copy())
+                parts.append([request.get_output_tensor(o).data.copy() for o in outputs])
         finally:
             for request in taken:  # back to the pool only once idle: a started request still reads its chunk
                 request.wait()
                 self.pool.put(request)
+        return parts
+
+    def run(self, images: np.ndarray, output: int) -> np.ndarray:
+        """Output `output` (0: logits, 1: member_logits) for `images`, split over the free requests."""
+        parts = [p[0] for p in self._infer(images, [output])]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=output)  # batch axis: 0 or 1
+
+    def run_all(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every output for `images`, each with its batch on axis 0 (as the adaptive graph's)."""
+        parts = self._infer(images, range(len(self.compiled.outputs)))
+        return [np.concatenate(column) if len(column) > 1 else column[0] for column in zip(*parts, strict=True)]
 
 
 class OpenVinoBackend(Backend):
@@ -183,6 +193,10 @@ class OpenVinoBackend(Backend):
 
     def member_logits(self, images: np.ndarray) -> np.ndarray:
         return self._graph(images.dtype, len(images)).run(images, 1)
+
+    def outputs(self, images: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph for `images`, batch on axis 0 (the adaptive graph's)."""
+        return self._graph(images.dtype, len(images)).run_all(images)
 
     def close(self) -> None:
         self.graphs = {}
