@@ -6,7 +6,8 @@
 #   AOTI=1 benchmarks/gpu_check.sh                  # also the AOTInductor step (opt-in, see 4.)
 #
 # Everything the steps print goes to the screen and to ONE log, $RESULTS_DIR/gpu_check_<date>.log,
-# line by line, so a run killed from outside keeps what it printed. No CUDA device: exit 3 at once.
+# line by line, so a run killed from outside keeps what it printed. No CUDA device: exit 3 at once,
+# with no log and nothing written under $RESULTS_DIR (nothing was measured).
 #
 # Steps in priority order, all within TOTAL_S seconds (default 420):
 # 1. `python -m lsmha.bench.gpu` (lsmha-bench gpu): the fair stock baselines (bf16 weights, compiled,
@@ -40,20 +41,19 @@ AOTI=${AOTI:-0}
 AOTI_COMMITTEE=${AOTI_COMMITTEE:-cct_2_3x5,cct_2_3x5:heads=4}
 KILL_S=5  # SIGKILL this long after a step's SIGTERM, should it not stop
 RESULTS_DIR=${RESULTS_DIR:-benchmarks/results}
-mkdir -p "$RESULTS_DIR"
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 start=$SECONDS
 stamp=$(date +%Y%m%d)
 LOG="$RESULTS_DIR/gpu_check_${stamp}.log"
-exec > >(tee -a "$LOG") 2>&1
 work=$(mktemp -d)  # each step's own output, to pick its summary lines from
 trap 'rm -rf "$work"' EXIT
 left() { echo $((TOTAL_S - (SECONDS - start))); }
 
-# one interpreter start: versions, the device, the modules the steps import
-"$PYTHON" - <<'EOF' | tee "$work/env.txt"
+# one interpreter start: versions, the device, the modules the steps import; the log starts only
+# once there is a CUDA device, so a machine without one leaves nothing under $RESULTS_DIR
+"$PYTHON" - 2>&1 <<'EOF' | tee "$work/env.txt"
 import importlib.util
 import sys
 
@@ -70,9 +70,12 @@ print(f"cuda={int(torch.cuda.is_available())}")
 EOF
 cuda=$(sed -n 's/^cuda=//p' "$work/env.txt" | tail -n 1)
 if [ "${cuda:-0}" != 1 ]; then
-    echo "exit 3: torch sees no CUDA device (check nvidia-smi and CUDA_VISIBLE_DEVICES); nothing measured, log $LOG"
+    echo "exit 3: torch sees no CUDA device (check nvidia-smi and CUDA_VISIBLE_DEVICES); nothing measured, no log written"
     exit 3
 fi
+mkdir -p "$RESULTS_DIR"
+cat "$work/env.txt" >> "$LOG"
+exec > >(tee -a "$LOG") 2>&1
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 
 bench_left=$(($(left) - TESTS_S - TRAIN_S - 3 * KILL_S))

@@ -105,10 +105,14 @@ def digits_run(tmp_path_factory):
 
 
 def test_one_epoch_is_said_in_the_singular(digits_run, tmp_path, capsys):
-    """"after 1 epoch", not "after 1 epochs"."""
+    """"after 1 epoch", not "after 1 epochs"; and "already finished (1 epoch)" when run again."""
     out = tmp_path / "again"
-    assert main(["run", *TINY, "--dataset", "digits", *FAST, "--epochs", "1", "--out", str(out)]) == 0
+    argv = ["run", *TINY, "--dataset", "digits", *FAST, "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
     assert "after 1 epoch\n" in capsys.readouterr().out
+    assert main([*argv, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "already finished (1 epoch); nothing to do" in printed and "after 1 epoch\n" in printed
 
 
 def test_eval_defaults_to_the_data_set_the_checkpoint_records(digits_run, capsys):

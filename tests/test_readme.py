@@ -33,3 +33,12 @@ def test_readme_commands_name_real_console_scripts():
     scripts = set(re.findall(r"^(lsmha-[a-z]+) = ", (ROOT / "pyproject.toml").read_text(), flags=re.M))
     used = set(re.findall(r"\b(lsmha-[a-z]+)\b", README))
     assert used <= scripts, used - scripts
+
+
+def test_the_first_models_example_runs_as_pasted(tmp_path):
+    """docs/models.md's first snippet defines what it uses (the images) and runs in an empty directory."""
+    text = (ROOT / "docs" / "models.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+    done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "m.safetensors").is_file()

@@ -191,7 +191,8 @@ def _finished(cfg: RunConfig, ctx: DistContext) -> TrainResult:
     out = Path(cfg.out)
     facts = load_facts(out / MODEL_FILE)
     if ctx.is_main:
-        print(f"{out}: already finished ({cfg.recipe.epochs} epochs); nothing to do")
+        epochs = cfg.recipe.epochs
+        print(f"{out}: already finished ({epochs} epoch{'' if epochs == 1 else 's'}); nothing to do")
     val_acc = float(facts.get("val_accuracy", float("nan")))
     return TrainResult(out, out / MODEL_FILE, val_acc, cfg.recipe.epochs, True)
 
