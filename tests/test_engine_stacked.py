@@ -272,3 +272,23 @@ def test_refuses_unknown_levers():
         StackedCommittee(models, stack="wide")
     with pytest.raises(ValueError, match="sdpa must be one of"):
         StackedCommittee(models, stack="pad", sdpa="fast")
+
+
+def test_stacked_parts_are_the_model_layers_and_tokens_match_each_member():
+    """The stacked committee runs the model's own definitions (`lsmha.models.layers`): its tokenizer is a
+    `ConvTokenizer` of G members side by side, its blocks run `ResidualBlock`'s equation, and member g's
+    tokens equal that member's own tokenizer output plus positional embedding."""
+    from lsmha.models.layers import ConvTokenizer, ResidualBlock
+
+    specs = [_spec(n_conv=3, pool="all", img_size=32, dim=d, heads=2, conv_width=w) for d, w in ((32, 16), (48, 24))]
+    models = _members(specs)
+    stacked = StackedCCT(models)
+    assert isinstance(stacked.tokenizer, ConvTokenizer) and all(isinstance(b, ResidualBlock) for b in stacked.blocks)
+    assert [c.groups for c in stacked.tokenizer.convs] == [1, 2, 2]
+    x = models[0].standardize(_images(size=32))
+    with torch.no_grad():
+        got = stacked.tokens(x)  # (G, B, N, D)
+        for g, m in enumerate(models):
+            want = m.tokenizer(x) + m.pos_embed
+            torch.testing.assert_close(got[g, ..., : m.spec.dim], want, rtol=1e-5, atol=1e-5)
+            assert not got[g, ..., m.spec.dim :].any()  # a narrower member's padding stays zero

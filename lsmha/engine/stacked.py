@@ -44,7 +44,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import CCT, CCTSpec
-from ..models.layers import Standardize, padded_head_size
+from ..models.layers import (
+    ConvTokenizer,
+    ResidualBlock,
+    Standardize,
+    fused_attention,
+    merge_heads,
+    padded_head_size,
+    seq_pool,
+    split_heads,
+)
 
 STACK_MODES = ("shape", "pad", "off")
 SDPA_MODES = ("per-heads", "one")
@@ -146,9 +155,9 @@ class StackedLayerNorm(nn.Module):
 class StackedAttention(nn.Module):
     """G members' attention: one qkv bmm, SDPA, one proj bmm (see the module doc for `sdpa`).
 
-    qkv columns are laid out [q | k | v], each D wide, a narrower member's in front. Head
-    sizes that are not a multiple of 8 are zero-padded with the true size's scale, exactly
-    as `lsmha.models.layers.Attention` does.
+    qkv columns are laid out [q | k | v], each D wide, a narrower member's in front. Heads are
+    split, attended and merged by the functions `lsmha.models.layers.Attention` runs
+    (`split_heads`, `fused_attention` with the true head size's scale, `merge_heads`).
     """
 
     def __init__(self, attns: Sequence[nn.Module], sdpa: str = "per-heads", bias: str = "baddbmm") -> None:
@@ -193,21 +202,17 @@ class StackedAttention(nn.Module):
     def _sdpa(self, qkv: torch.Tensor, heads: int, hd: int) -> torch.Tensor:
         g, B, N, _ = qkv.shape
         width = heads * hd  # this part's true dim; the rest of D is padding
-        qkv = qkv.view(g, B, N, 3, self.dim)[..., :width].reshape(g * B, N, 3, heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (g*B, H, N, hd)
-        pad = padded_head_size(hd) - hd
-        if pad:
-            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))  # (g*B, H, N, hp)
-        out = F.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)[..., :hd]
-        out = out.transpose(1, 2).reshape(g, B, N, width)
+        qkv = qkv.view(g, B, N, 3, self.dim)[..., :width].reshape(g * B, N, 3 * width)
+        q, k, v = split_heads(qkv, heads, hd)  # (g*B, H, N, hd)
+        out = merge_heads(fused_attention(q, k, v, hd**-0.5)).view(g, B, N, width)
         return F.pad(out, (0, self.dim - width)) if width < self.dim else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, B, N, D)
         G, B, N, D = x.shape
         qkv = torch.bmm(x.reshape(G, B * N, D), self.qkv_w)
         if self.one_sdpa:  # (G*B, heads, N, hp) each; padded heads are all-zero and attend to zeros
-            q, k, v = qkv.view(G * B, N, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).reshape(G, B * N, -1)
+            q, k, v = split_heads(qkv.view(G * B, N, -1), self.heads, self.head_size)
+            out = merge_heads(fused_attention(q, k, v, scale=1.0)).view(G, B * N, -1)
         else:
             qkv = qkv.view(G, B, N, 3 * D)
             outs = [
@@ -221,8 +226,9 @@ class StackedAttention(nn.Module):
         return _linear(out, self.proj_w, self.proj_b, self.fused_bias).view(G, B, N, D)
 
 
-class StackedBlock(nn.Module):
-    """G CCT blocks: x = norm1(x + attn(pre_norm(x))); x = x + fc2(gelu(fc1(x)))."""
+class StackedBlock(ResidualBlock):
+    """G CCT blocks: the block equation of `lsmha.models.layers.ResidualBlock` over stacked parts
+    (LayerNorms, attention, and an MLP of two bmm's)."""
 
     def __init__(self, blocks: Sequence[nn.Module], sdpa: str = "per-heads", bias: str = "baddbmm") -> None:
         super().__init__()
@@ -232,12 +238,12 @@ class StackedBlock(nn.Module):
         self.norm1 = StackedLayerNorm([b.norm1 for b in blocks])
         self.fc1_w, self.fc1_b = _linear_t([b.fc1 for b in blocks])
         self.fc2_w, self.fc2_b = _linear_t([b.fc2 for b in blocks])
+        self.drop_path = nn.Identity()  # inference only
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (G, B, N, D)
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:  # (G, B, N, D)
         G, B, N, D = x.shape
-        x = self.norm1(x + self.attn(self.pre_norm(x)))
         h = F.gelu(_linear(x.reshape(G, B * N, D), self.fc1_w, self.fc1_b, self.fused_bias))  # (G, B*N, F)
-        return x + _linear(h, self.fc2_w, self.fc2_b, self.fused_bias).view(G, B, N, D)
+        return _linear(h, self.fc2_w, self.fc2_b, self.fused_bias).view(G, B, N, D)
 
 
 class StackedCCT(nn.Module):
@@ -263,12 +269,12 @@ class StackedCCT(nn.Module):
         spec = models[0].spec
         self.size = len(models)
         self.fused_bias = bias == "fused"
-        convs = [[m for m in model.tokenizer.layers if isinstance(m, nn.Conv2d)] for model in models]
-        # first conv: shared input, weights concatenated along output channels (G*c_out, c_in, 3, 3)
-        self.convs = nn.ParameterList([_stack([c[0].weight for c in convs], flatten=(0, 1))])
-        # later convs: grouped, member g reads channels [g*c_in, (g+1)*c_in)
-        self.convs.extend(_stack([c[i].weight for c in convs], flatten=(0, 1)) for i in range(1, spec.n_conv))
-        self.pool_after = [i == 0 or spec.pool == "all" for i in range(spec.n_conv)]
+        width, dim = max(m.spec.conv_width for m in models), max(m.spec.dim for m in models)
+        self.tokenizer = ConvTokenizer(spec.n_conv, spec.in_chans, width, dim, spec.pool, members=self.size)
+        # first conv: shared input, weights concatenated along output channels (G*c_out, c_in, 3, 3);
+        # later convs grouped, member g reading channels [g*c_in, (g+1)*c_in)
+        for i, conv in enumerate(self.tokenizer.convs):
+            conv.weight = _stack([m.tokenizer.convs[i].weight for m in models], flatten=(0, 1))
         self.pos_embed = _stack([m.pos_embed[0] for m in models])  # (G, N, D)
         self.blocks = nn.ModuleList(
             StackedBlock([m.blocks[i] for m in models], sdpa, bias) for i in range(spec.n_blocks)
@@ -279,12 +285,8 @@ class StackedCCT(nn.Module):
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised images (B, c, H, W) -> positioned tokens (G, B, N, D)."""
-        for i, (weight, pool) in enumerate(zip(self.convs, self.pool_after)):
-            x = F.relu(F.conv2d(x, weight, padding=1, groups=1 if i == 0 else self.size))
-            if pool:
-                x = F.max_pool2d(x, 3, 2, 1)
-        B, GD, h, w = x.shape
-        x = x.view(B, self.size, GD // self.size, h * w).permute(1, 0, 3, 2)  # (G, B, N, D)
+        x = self.tokenizer(x)  # (B, N, G*D)
+        x = x.unflatten(-1, (self.size, -1)).permute(2, 0, 1, 3)  # (G, B, N, D)
         return x + self.pos_embed.unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +297,7 @@ class StackedCCT(nn.Module):
         x = self.norm(x)
         G, B, N, D = x.shape
         score = _linear(x.reshape(G, B * N, D), self.score_w, self.score_b, self.fused_bias).view(G, B, N, 1)
-        pooled = (score.softmax(dim=2).transpose(2, 3) @ x).view(G, B, D)  # SeqPool
+        pooled = seq_pool(x, score)  # (G, B, D)
         return _linear(pooled, self.fc_w, self.fc_b, self.fused_bias)  # (G, B, C)
 
 

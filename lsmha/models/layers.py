@@ -37,15 +37,24 @@ class Standardize(nn.Module):
 class ConvTokenizer(nn.Module):
     """`n_conv` x [Conv2d 3x3 s1 p1 (no bias) -> ReLU], MaxPool2d(3, 2, 1) after the
     first conv (`pool="first"`) or after every conv (`pool="all"`), then the grid
-    flattened to tokens: (B, C, H, W) -> (B, N, D)."""
+    flattened to tokens: (B, C, H, W) -> (B, N, D).
 
-    def __init__(self, n_conv: int, in_chans: int, width: int, dim: int, pool: str = "first") -> None:
+    With `members` = G > 1 it is G tokenizers side by side along channels, for stacked
+    committees: the first conv reads the shared image and writes G x width channels, the
+    later convs are grouped (groups=G), so member g owns channels [g*D, (g+1)*D) of the
+    tokens (B, N, G*D).
+    """
+
+    def __init__(
+        self, n_conv: int, in_chans: int, width: int, dim: int, pool: str = "first", members: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(n_conv):
-            c_in = in_chans if i == 0 else width
-            c_out = dim if i == n_conv - 1 else width
-            layers += [nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), nn.ReLU(inplace=True)]
+            c_in = in_chans if i == 0 else members * width
+            c_out = members * (dim if i == n_conv - 1 else width)
+            groups = 1 if i == 0 else members
+            layers += [nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False, groups=groups), nn.ReLU(inplace=True)]
             if i == 0 or pool == "all":
                 layers.append(nn.MaxPool2d(3, 2, 1))
         self.layers = nn.Sequential(*layers)
@@ -53,8 +62,13 @@ class ConvTokenizer(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
 
+    @property
+    def convs(self) -> list[nn.Conv2d]:
+        """The convolutions, first to last."""
+        return [m for m in self.layers if isinstance(m, nn.Conv2d)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        return self.layers(x).flatten(2).transpose(1, 2)  # (B, N, members * D)
 
 
 def _one_thread() -> bool:
@@ -64,6 +78,34 @@ def _one_thread() -> bool:
 def padded_head_size(head_size: int, multiple: int = 8) -> int:
     """Head size rounded up to `multiple`, the granularity fused SDPA kernels want."""
     return -(-head_size // multiple) * multiple
+
+
+def split_heads(qkv: torch.Tensor, heads: int, head_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv projections (B, N, 3 * heads * head_size), laid out [q | k | v] -> q, k, v, each (B, H, N, hd)."""
+    B, N, _ = qkv.shape
+    return qkv.reshape(B, N, 3, heads, head_size).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
+    """Per-head outputs (B, H, N, hd) -> (B, N, H * hd)."""
+    B, H, N, hd = out.shape
+    return out.transpose(1, 2).reshape(B, N, H * hd)
+
+
+def fused_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v through `F.scaled_dot_product_attention`: (B, H, N, hd) -> (B, H, N, hd).
+
+    A head size that is not a multiple of 8 is zero-padded to the next one (the zeros add
+    nothing to q·k and give zero output columns, cut off again) so fused kernels apply;
+    `scale` is the caller's, normally the TRUE head size's hd**-0.5."""
+    hd = q.shape[-1]
+    pad = padded_head_size(hd) - hd
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))  # (B, H, N, hp)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    return out[..., :hd] if pad else out
 
 
 class Attention(nn.Module):
@@ -102,23 +144,17 @@ class Attention(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The QKV attention before the projection: (B, N, D) -> (B, N, D)."""
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_size).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, H, N, hd)
+        q, k, v = split_heads(self.qkv(x), self.heads, self.head_size)  # (B, H, N, hd)
         p = self.attn_dropout if self.training else 0.0
         if self.fused_attn and p > 0 and x.device.type == "cpu" and self._chunked():
             out = chunked_dropout_attention(q, k, v, p, self.scale)
         elif self.fused_attn:
-            pad = self.padded_size - self.head_size
-            if pad:
-                q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))  # (B, H, N, hp)
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale)
-            out = out[..., : self.head_size]
+            out = fused_attention(q, k, v, self.scale, p)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, N, N)
             attn = F.dropout(attn.softmax(dim=-1), p)
             out = attn @ v
-        return out.transpose(1, 2).reshape(B, N, D)
+        return merge_heads(out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj_drop(self.proj(self.attend(x)))
@@ -139,9 +175,27 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-class Block(nn.Module):
-    """CCT's encoder block, in CCT's own order (norm1 sits on the residual stream):
-    x = x + attn(pre_norm(x)); x = norm1(x); x = x + fc2(gelu(fc1(x)))."""
+class ResidualBlock(nn.Module):
+    """CCT's block equation, in CCT's own order (norm1 sits on the residual stream), over the
+    parts a subclass provides (`pre_norm`, `attn`, `norm1`, `mlp`, `drop_path`):
+    x = x + attn(pre_norm(x)); x = norm1(x); x = x + mlp(x). `Block` is one member's;
+    the stacked committee's block (`lsmha.engine.stacked`) is G members' at once."""
+
+    pre_norm: nn.Module
+    attn: nn.Module
+    norm1: nn.Module
+    drop_path: nn.Module
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop_path(self.attn(self.pre_norm(x))))
+        return x + self.drop_path(self.mlp(x))
+
+
+class Block(ResidualBlock):
+    """CCT's encoder block: x = x + attn(pre_norm(x)); x = norm1(x); x = x + fc2(gelu(fc1(x)))."""
 
     def __init__(
         self,
@@ -161,9 +215,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop_path(self.attn(self.pre_norm(x))))
-        return x + self.drop_path(self.drop(self.fc2(self.drop(F.gelu(self.fc1(x))))))
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+def seq_pool(x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+    """CCT's sequence pooling over tokens: softmax(score, over N)ᵀ x: (..., N, D), (..., N, 1) -> (..., D)."""
+    return (score.softmax(dim=-2).transpose(-2, -1) @ x).squeeze(-2)
 
 
 class SeqPool(nn.Module):
@@ -174,8 +232,7 @@ class SeqPool(nn.Module):
         self.score = nn.Linear(dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.score(x).softmax(dim=1)  # (B, N, 1)
-        return (w.transpose(1, 2) @ x).squeeze(1)  # (B, D)
+        return seq_pool(x, self.score(x))  # (B, D)
 
 
 def init_weights(module: nn.Module) -> None:
