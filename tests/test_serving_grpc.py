@@ -229,3 +229,51 @@ def test_bad_grpc_input_is_refused_never_internal(server, channel):
         _call(channel, "ModelInfer", _request([1, 32, 32, 3], raw=ok).SerializeToString())
     )
     assert len(answer.raw_output_contents) == 2
+
+
+class SlowCommittee:
+    """A stand-in committee whose every batch takes `seconds`: a call is surely in flight when
+    the shutdown begins."""
+
+    img_size, in_chans, num_classes, members, backend = 32, 3, 10, ["a", "b"], "slow"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __len__(self) -> int:
+        return 2
+
+    def predict_logits(self, images):
+        import time
+
+        time.sleep(self.seconds)
+        return np.zeros((len(images), 10), np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+def test_shutdown_drains_grpc_calls_in_flight():
+    """On shutdown a gRPC call already running is answered before the batcher stops; the port then
+    refuses new calls (UNAVAILABLE)."""
+    import threading
+    import time
+
+    config = ServeConfig(max_batch=4, warmup=False, shutdown_timeout_s=10)
+    server = BackgroundServer(CommitteeService(lambda: SlowCommittee(1.0), config), grpc=True)
+    request = _request([1, 32, 32, 3], raw=bytes(3072)).SerializeToString()
+    answers = []
+    with server:
+        server.wait_ready()
+        ch = grpc.insecure_channel(server.grpc_target)
+        call = threading.Thread(target=lambda: answers.append(_call(ch, "ModelInfer", request)))
+        call.start()
+        while not server.service.batcher.stats.batches and not server.service.batcher._pending:
+            time.sleep(0.01)  # the call reached the queue
+        time.sleep(0.1)
+    call.join(timeout=30)
+    assert len(answers) == 1 and len(pb.ModelInferResponse.FromString(answers[0]).raw_output_contents) == 2
+    with pytest.raises(grpc.RpcError) as err:
+        _call(ch, "ServerLive", b"", timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    ch.close()
