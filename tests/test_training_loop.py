@@ -105,7 +105,7 @@ def test_committee_trains_members_writes_manifest_and_report(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(
         '[recipe]\npreset = "backbone"\nepochs = 1\n[common]\npool = "all"\nconv_width = 16\n'
-        '[[members]]\nmodel = "cct_1_3x2"\ndim = 32\nheads = 2\n'
+        '[[members]]\nmodel = "cct_1_3x2"\ndim = 32\nheads = 2\npaper_accuracy = 0.8\n'
         '[[members]]\nmodel = "cct_2_3x2"\ndim = 32\nheads = 4\n'
     )
     out = tmp_path / "committee"
@@ -120,6 +120,10 @@ def test_committee_trains_members_writes_manifest_and_report(tmp_path, capsys):
     assert report["committee_accuracy"] == expected["committee_accuracy"] == doc["committee_accuracy"]
     assert report["mean_agreement"] == expected["mean_agreement"]
     assert f"{expected['committee_accuracy']:.4f}" in printed and "soft committee" in printed
+    # the config's paper_accuracy is shown beside the measured one ("-" where it gives none)
+    assert [m.get("paper_accuracy") for m in report["members"]] == [0.8, None]
+    rows = [line.split() for line in printed.splitlines() if line.startswith(tuple(p.parent.name for p in paths))]
+    assert [row[-1] for row in rows[-2:]] == ["0.8000", "-"] and "(paper: the paper's CIFAR-100" in printed
     epoch_lines = [line for line in printed.splitlines() if "epoch 1/1:" in line]
     assert [line.split()[0] for line in epoch_lines] == [p.parent.name for p in paths]  # whose progress it is
     assert main(args) == 0  # every member finished: nothing retrained

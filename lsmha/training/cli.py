@@ -251,17 +251,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The human table of a committee: member accuracy, committee accuracy, mean agreement."""
+    """The human table of a committee: member accuracy (beside the paper's, where the config
+    gives it), committee accuracy, mean agreement."""
     width = max(len(m["name"]) for m in report["members"]) + 2
-    lines = [f"{'member':<{width}} {'val acc':>8}", "-" * (width + 9)]
-    lines += [f"{m['name']:<{width}} {m['val_accuracy']:>8.4f}" for m in report["members"]]
+    paper = any(m.get("paper_accuracy") is not None for m in report["members"])
+    rule = "-" * (width + (18 if paper else 9))
+    lines = [f"{'member':<{width}} {'val acc':>8}" + (f" {'paper':>8}" if paper else ""), rule]
+    for m in report["members"]:
+        line = f"{m['name']:<{width}} {m['val_accuracy']:>8.4f}"
+        if paper:
+            line += f" {m['paper_accuracy']:>8.4f}" if m.get("paper_accuracy") is not None else f" {'-':>8}"
+        lines.append(line)
     lines += [
-        "-" * (width + 9),
+        rule,
         f"{'mean of members':<{width}} {report['mean_member_accuracy']:>8.4f}",
         f"{'soft committee':<{width}} {report['committee_accuracy']:>8.4f}",
         f"{'mean agreement':<{width}} {report['mean_agreement']:>8.4f}",
         f"({report['images']} validation images of {report['dataset']})",
     ]
+    if paper:
+        lines.append("(paper: the paper's CIFAR-100 validation accuracy for that member, for reference)")
     return "\n".join(lines)
 
 
@@ -305,7 +314,7 @@ def _cmd_committee(args: argparse.Namespace) -> int:
             )
         return 0
     try:
-        report = train_committee(runs, args.out, ctx)
+        report = train_committee(runs, args.out, ctx, [m.paper_accuracy for m in config.members])
     finally:
         shutdown(ctx)
     if ctx.is_main:

@@ -10,7 +10,7 @@ A committee file (configs/table6.toml):
     [[members]]
     model = "cct_2_3x2"  # registry name; other keys are CCTSpec overrides,
     dim = 1024           # except `epochs` (this member's epochs) and
-    heads = 64           # `paper_accuracy` (the paper's number, for reference)
+    heads = 64           # `paper_accuracy` (the paper's, shown in the report)
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ _FILE_KEYS = {"name", "description", "recipe", "common", "members"}
 
 @dataclass(frozen=True)
 class Member:
-    """One member: a registry name, its spec overrides, and optionally its own epoch count."""
+    """One member: a registry name, its spec overrides, optionally its own epoch count and the
+    paper's validation accuracy for it (CIFAR-100; shown beside the measured one in the report)."""
 
     model: str
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -125,9 +126,15 @@ def committee_report(logits: np.ndarray, labels: np.ndarray, names: list[str]) -
     }
 
 
-def train_committee(runs: list[RunConfig], out: Path, ctx: DistContext | None = None) -> dict[str, Any]:
+def train_committee(
+    runs: list[RunConfig],
+    out: Path,
+    ctx: DistContext | None = None,
+    paper_accuracies: list[float | None] | None = None,
+) -> dict[str, Any]:
     """Train (or resume, or skip when finished) every member, then write `committee.json`
-    and return the report (rank 0 writes)."""
+    and return the report (rank 0 writes). `paper_accuracies` (a `Member`'s `paper_accuracy`,
+    one per run, None where the paper gives none) go into the report beside the measured ones."""
     ctx = ctx or DistContext()
     for run in runs:  # every member's directory is checked before the first one trains
         check_config(run)
@@ -139,6 +146,9 @@ def train_committee(runs: list[RunConfig], out: Path, ctx: DistContext | None = 
             raise ValueError(f"{r.out} was validated on different images than {results[0].out}")
     report = committee_report(logits, labels, [r.out.name for r in results])
     report["dataset"] = runs[0].dataset
+    if paper_accuracies is not None and any(a is not None for a in paper_accuracies):
+        for member, paper in zip(report["members"], paper_accuracies, strict=True):
+            member["paper_accuracy"] = paper
     if ctx.is_main:
         write_committee(
             out / "committee.json",
