@@ -12,6 +12,7 @@ from lsmha import create_model, save
 from lsmha.artifacts import write_committee
 from lsmha.bench.cli import main as bench_main
 from lsmha.bench.study import best_subset, run_study, study_table
+from lsmha.engine.adaptive import apply_rule, calibrate
 from lsmha.metrics import accuracy, soft_committee
 from lsmha.models import count_macs
 from lsmha.training import load_dataset
@@ -53,9 +54,19 @@ def test_study_rows(run_dir, tmp_path):
     root, members = run_dir
     doc = run_study(root, root / "reference" / "model.safetensors", "digits", rounds=1, budget_s=0.01)
     kinds = [r["kind"] for r in doc["rows"]]
-    assert kinds == ["reference", "member", "member", "committee", "selected"]
+    assert kinds == ["reference", "member", "member", "committee", "selected", "adaptive"]
     x, y = load_dataset("digits", "test")
     logits = np.stack([predict_logits(m, x).numpy() for m in members])
+    val_x, _ = load_dataset("digits", "val")
+    calibration = calibrate(np.stack([predict_logits(m, val_x).numpy() for m in members]), 0.999, [0, 1])
+    decided = apply_rule(logits, calibration.thresholds, calibration.order)
+    adaptive = doc["rows"][5]
+    assert adaptive["test_accuracy"] == accuracy(decided.logits, y.numpy())
+    assert adaptive["agreement_with_full"] == float((decided.decisions == soft_committee(logits).argmax(1)).mean())
+    assert adaptive["mean_members_run"] == decided.members_run.mean() and sum(adaptive["members_run_histogram"]) == len(
+        y
+    )
+    assert adaptive["backend"].endswith(", one graph]")  # timed as Committee.load(dir, adaptive=True) runs
     assert doc["rows"][1]["test_accuracy"] == accuracy(logits[0], y.numpy())
     assert doc["rows"][3]["test_accuracy"] == accuracy(soft_committee(logits), y.numpy())
     assert doc["rows"][3]["gmac"] == pytest.approx(sum(count_macs(m.spec) for m in members) / 1e9)

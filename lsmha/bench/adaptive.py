@@ -4,8 +4,11 @@ On one split of a data set (test, for final figures; the thresholds were calibra
 decision agreement with the full committee, both accuracies, members run (mean and
 histogram), mean latency per image at batch 1 and throughput at batch 256. Timing uses the
 split's own images, since how many members run depends on the images (random pixels would
-measure another workload). The two committees are timed interleaved, image by image at
-batch 1 and chunk by chunk at batch 256, so a slow phase of a shared machine hits both alike.
+measure another workload). At batch 1 each committee is timed in a block of its own (every
+latency image in turn), after a pause, in `rounds` rounds whose committee order alternates:
+interleaving single images would time each committee with the other runtime's threads still
+spinning from its last call. At batch 256 the committees are timed chunk by chunk in turn, so a
+slow phase of a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 
 from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table, write_json
+
+PAUSE_S = 0.5  # between batch-1 blocks: longer than any runtime's spin-wait
 
 
 def _timed(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -41,6 +46,7 @@ def measure_adaptive(
     throughput_images: int = 2560,
     reference: str | os.PathLike | None = None,
     progress: bool = True,
+    rounds: int = 2,
 ) -> dict[str, Any]:
     """Measure the calibrated adaptive committee of `export_dir` against its full committee.
 
@@ -51,11 +57,13 @@ def measure_adaptive(
         backend: backend of both committees ("auto": what users get).
         threads: backend threads (default: physical cores).
         limit: use only the first `limit` images of the split for agreement and accuracy.
-        latency_images: images timed one at a time (the first of the split), each committee in turn.
+        latency_images: images timed one at a time (the first of the split), in a block per
+            committee and round.
         throughput_batch: batch of the throughput rows.
         throughput_images: images timed in batches of `throughput_batch`, chunk by chunk in turn.
         reference: another export (e.g. the scaled CCT-7/3x1) measured alike at its full committee.
         progress: show progress.
+        rounds: batch-1 blocks per committee.
 
     Returns:
         A dict: n, agreement, accuracy (full, adaptive, reference), members_run (mean, histogram),
@@ -80,10 +88,17 @@ def measure_adaptive(
     try:
         decisions = {name: c.predict(images) for name, c in committees.items() if name != "adaptive"}
         decisions["adaptive"], runs = adaptive.predict(images, return_members_run=True)
-        b1 = {name: [] for name in committees}
-        for i in tqdm(range(min(latency_images, len(images))), desc="batch 1", disable=not progress):
-            for name, c in committees.items():
-                b1[name].append(_timed(c.predict, images[i : i + 1])[1])
+        b1: dict[str, list[float]] = {name: [] for name in committees}
+        count = min(latency_images, len(images))
+        names = list(committees)
+        with tqdm(total=rounds * len(names) * count, desc="batch 1", disable=not progress) as bar:
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    time.sleep(PAUSE_S)  # the last runtime's threads stop spinning
+                    predict = committees[name].predict
+                    for i in range(count):
+                        b1[name].append(_timed(predict, images[i : i + 1])[1])
+                    bar.update(count)
         tput = {name: [0.0, 0] for name in committees}
         chunks = range(0, min(throughput_images, len(images)), throughput_batch)
         for c in committees.values():  # warm the batch graphs up
@@ -112,7 +127,8 @@ def measure_adaptive(
         "members_run_histogram": {str(k + 1): int(c) for k, c in enumerate(hist)},
         "batch1_mean_ms": {name: 1e3 * float(np.mean(t)) for name, t in b1.items()},
         "batch1_median_ms": {name: 1e3 * float(np.median(t)) for name, t in b1.items()},
-        "batch1_images": len(b1["full"]),
+        "batch1_images": count,
+        "batch1_rounds": rounds,
         "throughput_batch": throughput_batch,
         "throughput_images_per_s": {name: n / s for name, (s, n) in tput.items()},
         "throughput_images": tput["full"][1],
@@ -160,8 +176,9 @@ def add_adaptive_parser(sub: argparse._SubParsersAction) -> None:
         help="the calibrated adaptive committee against the full committee on a data set's images",
         description=(
             "On one split (test: the thresholds were calibrated on val by `lsmha-export calibrate`): agreement "
-            "with the full committee, accuracies, members run (mean, histogram), mean batch-1 latency and "
-            "batch-256 throughput, the two committees timed interleaved on the split's own images."
+            "with the full committee, accuracies, members run (mean, histogram), mean batch-1 latency (each "
+            "committee timed in blocks of its own, alternating) and batch-256 throughput (chunks in turn), on the "
+            "split's own images."
         ),
         formatter_class=HelpFormatter,
     )
@@ -173,6 +190,7 @@ def add_adaptive_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="backend threads (default: physical cores)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N images for agreement and accuracy")
     p.add_argument("--latency-images", type=int, default=300, help="images timed one at a time")
+    p.add_argument("--rounds", type=int, default=2, help="batch-1 blocks per committee, alternating")
     p.add_argument("--throughput-batch", type=int, default=256, help="batch of the throughput rows")
     p.add_argument("--throughput-images", type=int, default=2560, help="images timed in throughput batches")
     p.add_argument("--reference", type=Path, default=None, help="another export timed alike (e.g. CCT-7/3x1)")
@@ -188,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         result = measure_adaptive(
             args.directory, args.dataset, args.split, args.data_dir, args.backend, args.threads, args.limit,
             args.latency_images, args.throughput_batch, args.throughput_images, args.reference,
-            progress=not args.no_progress,
+            progress=not args.no_progress, rounds=args.rounds,
         )  # fmt: skip
     except BackendUnavailable as err:
         raise CliError.environment(str(err)) from None

@@ -7,7 +7,13 @@ members and the best subset chosen on the validation split:
 - test accuracy (the `test` split; Fashion-MNIST's own 10,000 test images), params, GMAC;
 - latency under `auto` at batch 1 and 32 on this machine, all rows timed interleaved in
   one run (each row exported to ONNX and loaded as `Committee.load(dir)` would be);
-- the mean pairwise agreement of the members (both right or both wrong, paper §4).
+- the mean pairwise agreement of the members (both right or both wrong, paper §4);
+- the adaptive committee (calibrated early exit, `lsmha.engine.adaptive`): the thresholds
+  calibrated on val (target 0.999, cheapest member first), its test accuracy, agreement with
+  the full committee and members run; it runs as `Committee.load(dir, adaptive=True)` would.
+  What it costs depends on the image, so its latency is the mean over the first
+  `ADAPTIVE_IMAGES` test images (one call per image at batch 1, per chunk at batch 32) where the
+  other rows give the median of repeated calls on the same batch.
 
 Selection and anything calibrated use the `val` split; the test split is read only for
 the final figures.
@@ -26,6 +32,8 @@ from ..cli_help import CliError, HelpFormatter
 from ..tables import format_table
 
 BATCHES = (1, 32)
+ADAPTIVE_IMAGES = 256  # test images the adaptive row is timed on, each round
+ADAPTIVE_TARGET = 0.999  # agreement with the full committee kept on val
 
 
 def add_study_parser(sub: argparse._SubParsersAction) -> None:
@@ -91,13 +99,30 @@ def _time_rows(rows: list[dict[str, Any]], images: np.ndarray, rounds: int, budg
 
     loaded = []
     for i, row in enumerate(tqdm(rows, desc="export", leave=False)):
-        export_onnx(row.pop("models"), work / f"row{i}", force=True)
-        loaded.append(Committee.load(work / f"row{i}"))
+        calibration = row.pop("calibration", None)
+        directory = work / f"row{i}"
+        export_onnx(row.pop("models"), directory, per_member=calibration is not None, force=True)
+        if calibration is not None:
+            from ..engine.adaptive import write_calibration
+            from ..export.adaptive_graph import write_adaptive_graph
+
+            write_calibration(directory, calibration)
+            write_adaptive_graph(directory, calibration)
+        loaded.append(Committee.load(directory, adaptive=calibration is not None))
         row["backend"] = loaded[-1].backend
     samples: dict[tuple[int, int], list[float]] = {}
     for _ in tqdm(range(rounds), desc="timing rounds", leave=False):
         for i, committee in enumerate(loaded):
             for b in BATCHES:
+                if rows[i]["kind"] == "adaptive":  # each image (chunk) in turn, the mean
+                    chunks = [images[j : j + b] for j in range(0, len(images) - b + 1, b)]
+                    turn = iter(chunks * 2)  # warm-up calls first, then every chunk once
+                    t = time_call(
+                        lambda c=committee, it=turn: c.predict(next(it)), warmup=len(chunks), min_repeats=len(chunks),
+                        max_repeats=len(chunks), budget_s=0.0,
+                    )  # fmt: skip
+                    samples.setdefault((i, b), []).append(float(np.mean(t.samples_ms)))
+                    continue
                 batch = images[:b]
                 t = time_call(lambda c=committee, x=batch: c.predict(x), warmup=2, budget_s=budget_s)
                 samples.setdefault((i, b), []).append(t.median_ms)
@@ -106,6 +131,36 @@ def _time_rows(rows: list[dict[str, Any]], images: np.ndarray, rounds: int, budg
             row[f"b{b}_ms"] = float(np.median(samples[(i, b)]))
     for committee in loaded:
         committee.close()
+
+
+def adaptive_row(members: list[Any], val_logits: np.ndarray, test_logits: np.ndarray, test_y: np.ndarray) -> dict:
+    """The adaptive committee of all `members`: calibrated on the val logits, its decisions and
+    members run on test by the rule (`apply_rule`, what the runtime computes), and what the
+    timing needs (models, calibration)."""
+    from ..engine.adaptive import apply_rule, calibrate, default_order
+    from ..metrics import soft_committee
+    from ..models import count_macs, count_params
+
+    specs = [m.spec for m in members]
+    calibration = calibrate(val_logits, ADAPTIVE_TARGET, default_order(specs))
+    calibration.facts = {"dataset": "val logits of the study", "split": "val", "backend": "torch"}
+    decided = apply_rule(test_logits, calibration.thresholds, calibration.order)
+    full = soft_committee(test_logits).argmax(axis=1)
+    macs = np.array([count_macs(specs[i]) for i in calibration.order], dtype=np.float64)
+    return {
+        "name": f"adaptive committee of {len(members)}",
+        "kind": "adaptive",
+        "members": [m.spec.name or str(i) for i, m in enumerate(members)],
+        "test_accuracy": float((decided.decisions == test_y).mean()),
+        "params": sum(count_params(m) for m in members),
+        "gmac": float(np.cumsum(macs)[decided.members_run - 1].mean() / 1e9),  # mean over test images
+        "mean_agreement": None,
+        "agreement_with_full": float((decided.decisions == full).mean()),
+        "mean_members_run": float(decided.members_run.mean()),
+        "members_run_histogram": np.bincount(decided.members_run, minlength=len(members) + 1)[1:].tolist(),
+        "calibration": calibration,
+        "models": members,
+    }
 
 
 def run_study(
@@ -154,8 +209,9 @@ def run_study(
     rows.append(row(f"committee of all {len(members)}", "committee", everyone))
     rows.append(row(f"selected subset ({len(subset)})", "selected", subset))
     rows[-1]["val_accuracy"] = subset_val_acc
+    rows.append(adaptive_row(members, val_logits, member_test, test_y))
     with tempfile.TemporaryDirectory(prefix="lsmha-study-") as work:
-        _time_rows(rows, test_x[:32].numpy(), rounds, budget_s, Path(work))
+        _time_rows(rows, test_x[:ADAPTIVE_IMAGES].numpy(), rounds, budget_s, Path(work))
     return {
         "dataset": dataset,
         "split": "test",
@@ -186,7 +242,7 @@ def plot_study(doc: dict[str, Any], out: Path) -> Path:
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = {"reference": "s", "member": "o", "committee": "*", "selected": "D"}
+    markers = {"reference": "s", "member": "o", "committee": "*", "selected": "D", "adaptive": "P"}
     for r in doc["rows"]:
         ax.scatter(
             r["b1_ms"], 100 * r["test_accuracy"], marker=markers[r["kind"]], s=90 if r["kind"] != "member" else 40
@@ -214,6 +270,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(study_table(doc))
     where = doc["machine"]["cpu_model"]
     print(f"{doc['dataset']} test split ({doc['test_images']} images); subset chosen on val; {where}")
+    for r in doc["rows"]:
+        if r["kind"] == "adaptive":
+            print(
+                f"{r['name']}: thresholds calibrated on val (target {ADAPTIVE_TARGET}); agreement with the full "
+                f"committee {100 * r['agreement_with_full']:.2f} %, members run mean {r['mean_members_run']:.2f} "
+                f"{r['members_run_histogram']}; GMAC and latency are means over test images"
+            )
     if args.json:
         from ..artifacts import write_json_atomic
 
