@@ -89,6 +89,41 @@ def test_bf16_close_to_torch_where_the_cpu_has_it(export):
         assert relative_error(committee.predict_logits(images), want.sum(0)) <= 2e-2
 
 
+def test_standardisation_is_kept_f32_in_the_model_it_compiles(export):
+    """Every node from the input up to the first convolutions carries the plugin's typed mark
+    (DisablePrecisionConversion, read back from IR), so the bf16 hint cannot lower it; the
+    convolutions and everything after are left to the hint. The uint8 graph's copy keeps the marks (its
+    added u8 -> f32 Convert needs none: bf16 holds the integers 0..255 exactly)."""
+    _, directory = export
+    committee = load(directory, precision="fp32")
+    model = committee.runner.model
+    for graph in (model, ovb.uint8_input(model)):
+        kept = [n for n in ovb.standardisation_nodes(graph) if n.get_type_name() != "Convert"]
+        assert {"ReduceMean", "Subtract", "Sqrt", "Divide"} <= {n.get_type_name() for n in kept}
+        assert all("DisablePrecisionConversion_0" in n.get_rt_info() for n in kept), [
+            n.get_type_name() for n in kept if "DisablePrecisionConversion_0" not in n.get_rt_info()
+        ]
+        later = [n for n in graph.get_ordered_ops() if n.get_type_name() in ("Convolution", "MatMul")]
+        assert later and not any("DisablePrecisionConversion_0" in n.get_rt_info() for n in later)
+    committee.close()
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_images_offset_by_10000_match_torch_fp32(export, precision):
+    """Float images far from zero (pixels + 10,000) are standardised in f32 whatever the precision: on a
+    bf16 CPU the default graph stays as close to torch fp32 as without the offset (where the CPU has no
+    bf16, "auto" is f32 and this checks the f32 path)."""
+    members, directory = export
+    images = np.random.default_rng(2).integers(0, 256, (16, 3, 16, 16)).astype(np.float32) + 10_000
+    want = reference(members, images)
+    committee = load(directory, precision=precision)
+    got = committee.member_logits(images)
+    tolerance = 2e-2 if committee.runner.precision == "bf16" else 1e-4
+    assert relative_error(got, want) <= tolerance
+    assert relative_error(committee.predict_logits(images), want.sum(0)) <= tolerance
+    committee.close()
+
+
 def test_throughput_mode_splits_batches_and_serves_concurrent_callers(export):
     members, directory = export
     images = np.random.default_rng(2).integers(0, 256, (9, 3, 16, 16), dtype=np.uint8)

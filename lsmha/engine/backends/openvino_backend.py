@@ -18,14 +18,20 @@ split over the free ones and run asynchronously, and concurrent calls share the 
 (its graph compiled on the first such call). One image a call (a latency caller's usual
 case) runs a copy of the latency graph with its batch fixed at 1, which the plugin plans
 once for that shape. The measurements behind these choices are in docs/performance.md.
+
+The per-image standardisation (every node from the input up to the first convolutions) runs
+in f32 in every precision (`keep_standardisation_f32`): under the bf16 hint the plugin would
+otherwise round the raw pixels to bf16's 8 significant bits before their mean is subtracted.
 """
 
 from __future__ import annotations
 
 import queue
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +46,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MODES = ("auto", "latency", "throughput")
 THROUGHPUT_FROM = 8  # images per call from which mode "auto" takes the throughput graph
 INSTALL = "pip install -U openvino"
+KEEP_PRECISION = "precise_0"  # rt_info key of ov::DisableFP16Compression: keep the node's own precision
+F32_UNTIL = "Convolution"  # the standardisation is everything from the input up to these nodes
 
 
 @dataclass(frozen=True)
@@ -202,6 +210,41 @@ class OpenVinoBackend(Backend):
         self.graphs = {}
 
 
+def standardisation_nodes(model: Any) -> list[Any]:
+    """The nodes from the model's inputs up to (not including) the first `F32_UNTIL` nodes on every
+    path: the per-image standardisation (mean, centring, std, division) of the exported graph."""
+    found: dict[str, Any] = {}
+    frontier = list(model.get_parameters())
+    while frontier:
+        node = frontier.pop()
+        for output in node.outputs():
+            for target in output.get_target_inputs():
+                consumer = target.get_node()
+                if consumer.get_type_name() != F32_UNTIL and consumer.get_name() not in found:
+                    found[consumer.get_name()] = consumer
+                    frontier.append(consumer)
+    return list(found.values())
+
+
+def keep_standardisation_f32(core: Any, model: Any) -> Any:
+    """`model` with its standardisation (`standardisation_nodes`) kept in f32 whatever the
+    INFERENCE_PRECISION_HINT: with bf16 the CPU plugin lowers every f32 node not so marked, and an
+    image offset by +10,000 then loses its pixels to bf16 rounding before its mean is subtracted.
+
+    The plugin reads the mark only as a typed attribute (DisablePrecisionConversion), which Python
+    cannot build; a "precise_0" entry becomes that attribute when the model is written as IR and
+    read back, so the model makes that round trip (in memory, weights copied, nothing left on disk).
+    """
+    import openvino as ov
+
+    for node in standardisation_nodes(model):
+        node.get_rt_info()[KEEP_PRECISION] = ""
+    with tempfile.TemporaryDirectory(prefix="lsmha-ov-") as tmp:
+        xml, weights = Path(tmp, "model.xml"), Path(tmp, "model.bin")
+        ov.serialize(model, str(xml), str(weights))  # as it is: no fp16 compression of the weights
+        return core.read_model(xml.read_text(encoding="utf-8"), ov.Tensor(np.fromfile(weights, dtype=np.uint8)))
+
+
 def uint8_input(model: Any) -> Any:
     """A copy of `model` taking uint8 images, cast to float32 by its first node."""
     import openvino as ov
@@ -233,5 +276,5 @@ def open(source: Source, options: Options) -> OpenVinoBackend:
         core.set_property({"CACHE_DIR": str(options.cache_dir)})
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     chosen = choose_precision(options.precision, cpu_info(), capabilities)
-    model = core.read_model(str(manifest.path_of(entries[0])))
+    model = keep_standardisation_f32(core, core.read_model(str(manifest.path_of(entries[0]))))
     return OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)
