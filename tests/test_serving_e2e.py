@@ -292,18 +292,53 @@ def test_triton_repository_parses_with_tritons_schema_and_matches_the_graph(expo
     assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
         ("logits", pb2.TYPE_FP32, [10]),
         ("member_logits", pb2.TYPE_FP32, [2, 10]),
+        ("label", pb2.TYPE_INT64, [1]),  # lsmha-serve's outputs; (N,) is dims [1] reshaped to []
     ]
+    assert config.output[2].HasField("reshape") and list(config.output[2].reshape.shape) == []
     # the config describes the copied graph exactly: batch axis first, the config's dims after it
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"))
     for tensor, declared in zip(session.get_inputs(), config.input):
         assert tensor.name == declared.name and tensor.shape[1:] == list(declared.dims)
     graph_outputs = {o.name: o.shape for o in session.get_outputs()}
     for declared in config.output:
-        assert graph_outputs[declared.name][1:] == list(declared.dims)
+        dims = declared.reshape.shape if declared.HasField("reshape") else declared.dims
+        assert graph_outputs[declared.name][1:] == list(dims)
     x = np.random.default_rng(5).normal(size=(3, 3, 32, 32)).astype(np.float32)
-    logits, members = session.run(["logits", "member_logits"], {"images": x})
+    logits, members, label = session.run(["logits", "member_logits", "label"], {"images": x})
+    assert label.dtype == np.int64 and np.array_equal(label, committee.predict(x))
     np.testing.assert_allclose(logits, committee.predict_logits(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(members, committee.member_logits(x).transpose(1, 0, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_triton_repository_takes_pixels_through_an_ensemble(export_dir, committee, tmp_path):
+    """UINT8 NHWC images, lsmha-serve's other form of the input, as a second model: an ensemble of
+    a Transpose+Cast graph and the committee, both configs in Triton's schema, wired name to name;
+    the two graphs chained answer as the committee does for the same pixels."""
+    import onnxruntime as ort
+
+    from lsmha.serving.triton import write_triton_repository
+
+    repo = tmp_path / "repo"
+    write_triton_repository(export_dir, repo, max_batch=8)
+    pb2, ensemble = _parse_config(repo / f"{NAME}_pixels")
+    _, to_nchw = _parse_config(repo / f"{NAME}_to_nchw")
+    _, committee_config = _parse_config(repo / NAME)
+    assert ensemble.platform == "ensemble" and ensemble.max_batch_size == to_nchw.max_batch_size == 8
+    (inp,) = ensemble.input
+    assert (inp.name, inp.data_type, inp.format, list(inp.dims)) == (
+        "images", pb2.TYPE_UINT8, pb2.ModelInput.FORMAT_NHWC, [32, 32, 3],
+    )  # fmt: skip
+    assert [o.name for o in ensemble.output] == [o.name for o in committee_config.output]
+    first, second = ensemble.ensemble_scheduling.step
+    assert (first.model_name, dict(first.output_map)) == (f"{NAME}_to_nchw", {"images_nchw": "images_nchw"})
+    assert (second.model_name, dict(second.input_map)) == (NAME, {"images": "images_nchw"})
+    assert set(second.output_map) == {o.name for o in committee_config.output}
+    pixels = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    (nchw,) = ort.InferenceSession(str(repo / f"{NAME}_to_nchw" / "1" / "model.onnx")).run(None, {"images": pixels})
+    session = ort.InferenceSession(str(repo / NAME / "1" / "model.onnx"))
+    logits, label = session.run(["logits", "label"], {"images": nchw})
+    np.testing.assert_allclose(logits, committee.predict_logits(pixels), rtol=1e-5, atol=1e-4)
+    assert np.array_equal(label, committee.predict(pixels))
 
 
 def test_triton_prefers_a_tensorrt_plan(export_dir, tmp_path):

@@ -4,13 +4,16 @@
       lsmha_committee/
         config.pbtxt          platform, max_batch_size, input/output dims, dynamic_batching, instance_group
         1/model.onnx          (or 1/model.plan when the export holds a TensorRT committee plan)
+      lsmha_committee_pixels/ the same committee for UINT8 NHWC images (an ensemble: triton_pixels.py)
+      lsmha_committee_to_nchw/
 
-The committee is ONE model: the export's whole-committee graph. Triton wants
-the batch axis first in every tensor of a batching model, so an output whose
-batch axis is elsewhere (the ONNX graph's `member_logits`, (M, N, classes)) is
-moved there in the copied ONNX graph by one `Transpose` node (served as
-(N, M, classes), like `lsmha-serve`); a TensorRT plan cannot be edited, so such
-an output is left out of its config. Triton then loads the repository unchanged:
+The committee is ONE model: the export's whole-committee graph, which takes `images`
+FP32 NCHW. Triton wants the batch axis first in every tensor of a batching model, so an
+output whose batch axis is elsewhere (the ONNX graph's `member_logits`, (M, N, classes)) is
+moved there in the copied ONNX graph by one `Transpose` node (served as (N, M, classes),
+like `lsmha-serve`), and `label` (INT64, the argmax of `logits`) is added by one `ArgMax`
+node, so the outputs are lsmha-serve's. A TensorRT plan cannot be edited, so its config has
+neither. Triton then loads the repository unchanged:
 
     docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/REPO:/models \\
         nvcr.io/nvidia/tritonserver:<ver>-py3 tritonserver --model-repository=/models
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from ..artifacts import COMMITTEE, FileEntry, TensorInfo, read_manifest
 from ..cli_help import CliError, HelpFormatter
+from .triton_pixels import write_pixels_models
 
 DEFAULT_NAME = "lsmha_committee"
 PLATFORMS = {"plan": ("tensorrt_plan", "model.plan"), "onnx": ("onnxruntime_onnx", "model.onnx")}
@@ -45,6 +49,7 @@ class TritonTensor:
     name: str
     data_type: str
     dims: tuple[int, ...]
+    reshape_scalar: bool = False  # (N,) in the model: dims [1] reshaped to [], Triton's way to batch it
 
 
 def _batch_first(info: TensorInfo) -> TritonTensor:
@@ -113,7 +118,8 @@ def config_pbtxt(
 
     def tensor(t: TritonTensor) -> str:
         dims = ", ".join(map(str, t.dims))
-        return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]\n  }}'
+        reshape = "\n    reshape: { shape: [ ] }" if t.reshape_scalar else ""
+        return f'  {{\n    name: "{t.name}"\n    data_type: {t.data_type}\n    dims: [ {dims} ]{reshape}\n  }}'
 
     preferred = sorted({b for b in (max_batch // 4, max_batch // 2, max_batch) if b >= 1})
     return "\n".join(
@@ -198,9 +204,26 @@ def write_triton_repository(
         _move_batch_first_onnx(src, model_dir / "1" / filename, elsewhere)
     else:
         shutil.copyfile(src, model_dir / "1" / filename)
+    if entry.format == "onnx" and "label" not in {t.name for t in outputs}:
+        _add_label_onnx(model_dir / "1" / filename)
+        outputs.append(TritonTensor("label", "TYPE_INT64", (1,), reshape_scalar=True))
     text = config_pbtxt(name, platform, max_batch, inputs, outputs, max_delay_us, instances, KINDS[kind])
     (model_dir / "config.pbtxt").write_text(text)
+    (images,) = inputs  # FP32 NCHW: (C, H, W)
+    write_pixels_models(Path(out), name, max_batch, images.dims[1], images.dims[0], outputs)
     return model_dir
+
+
+def _add_label_onnx(path: Path) -> None:
+    """Add the output `label`, ArgMax of `logits` over classes (INT64 (N,)), to the graph at `path`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0, name="label"))
+    model.graph.output.append(helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _permuted(shape: tuple[int | str, ...]) -> tuple[int | str, ...]:
