@@ -189,8 +189,38 @@ class Committee(SpecFacts):
         return greedy_select(logits, self._labels(labels, logits.shape[1]), k)
 
     def close(self) -> None:
-        """Release the backend's sessions/devices."""
+        """Release the backend's sessions/devices. Later calls that would run the members raise
+        RuntimeError, on every backend; closing again does nothing."""
         self.runner.close()
+        self.runner = ClosedBackend(self.runner)
+
+
+class ClosedBackend(Backend):
+    """What a closed committee holds instead of its backend: it keeps the facts (`name`,
+    `num_members`) and answers any attempt to run with one RuntimeError, whatever the backend was
+    (a released onnxruntime session list would otherwise fail with an IndexError, and openvino or
+    torch would go on running)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.name = backend.name
+        self.num_members = backend.num_members
+        self.max_batch = backend.max_batch
+
+    def _closed(self) -> RuntimeError:
+        return RuntimeError(
+            f"committee is closed (its backend {self.name} was released by close()); load it again with Committee.load"
+        )
+
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        raise self._closed()
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        raise self._closed()
+
+    def __getattr__(self, attr: str) -> Any:  # a subclass's runner parts (e.g. the adaptive graph)
+        if attr.startswith("_"):  # copy, pickle and hasattr probes get the usual answer
+            raise AttributeError(attr)
+        raise self._closed()
 
 
 def load_source(path: str | os.PathLike) -> Source:
