@@ -5,8 +5,14 @@ while the committee warms up. A stand-in committee (no model) keeps each test fa
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -100,3 +106,258 @@ def test_health_answers_while_a_body_dear_to_parse_is_refused(server):
     assert answers[0].status_code == 400 and "values, lists and objects" in answers[0].json()["error"], answers[0].text
     # a bound far above a health check's milliseconds and far below the seconds of a parse
     assert max(latencies) < 1.0, latencies
+
+
+# -- connections: header deadline, cap, out of descriptors ------------------------------------
+
+
+@pytest.fixture
+def guarded():
+    config = ServeConfig(max_batch=4, max_delay_ms=0, header_timeout_s=0.5, max_connections=6, body_timeout_s=0.5)
+    with BackgroundServer(CommitteeService(StandInCommittee, config)) as s:
+        s.wait_ready()
+        yield s
+
+
+def _connect(server, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes; socket.timeout if it keeps the connection open."""
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def _is_closed(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET /v2/hea", b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"],
+    ids=["nothing", "part of the request line", "headers without the blank line"],
+)
+def test_connections_that_do_not_finish_their_headers_are_closed(guarded, sent):
+    """Such connections stayed open for good (>= 75 s measured); now closed after
+    --header-timeout-s, with a 408 when they sent something."""
+    with _connect(guarded, sent) as sock:
+        answer = _read_until_closed(sock)
+    if sent:
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"--header-timeout-s" in answer, answer
+    else:
+        assert answer == b""
+
+
+def test_trickled_header_bytes_do_not_extend_the_deadline(guarded):
+    with _connect(guarded) as sock:
+        start = time.monotonic()
+        with pytest.raises(OSError):  # reset or broken pipe once the server closed it
+            for _ in range(30):
+                sock.sendall(b"X-Slow: 1\r\n" if time.monotonic() > start + 0.01 else b"GET / HTTP/1.1\r\n")
+                time.sleep(0.1)
+            _read_until_closed(sock)
+            raise OSError("the connection stayed open")
+        assert time.monotonic() - start < 2.5
+
+
+def test_a_kept_alive_connection_gets_the_deadline_for_its_next_headers(guarded):
+    """After one answered request, a partial next request line is closed too (uvicorn's own
+    keep-alive timer stops at the first byte)."""
+    with _connect(guarded, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /v2/he")
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_idle_connections_beyond_the_cap_make_room_for_clients(guarded):
+    """20 idle sockets against --max-connections 6: the ones idle longest are closed as others
+    come, and a health check still gets its answer."""
+    socks = [_connect(guarded) for _ in range(20)]
+    try:
+        assert httpx.get(f"{guarded.url}/v2/health/live", timeout=5).status_code == 200
+        closed = sum(_is_closed(sock) for sock in socks)
+        assert closed >= 20 - 6 + 1, closed
+        assert guarded.server.guard.closed["evicted"] >= 15
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_newcomer_beyond_the_cap_gets_503_when_every_connection_is_busy(guarded):
+    head = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode()
+    busy = [_connect(guarded, head + b"{") for _ in range(6)]  # each a request whose body is still coming
+    try:
+        time.sleep(0.1)
+        with _connect(guarded, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n") as sock:
+            answer = _read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"too many connections" in answer, answer
+    finally:
+        for sock in busy:
+            sock.close()
+
+
+STAND_IN = """
+import numpy as np
+
+class StandInCommittee:
+    img_size, in_chans, num_classes, backend, members = 32, 3, 10, "stand-in", ["a", "b"]
+    warmup_s = 0.0
+    def __len__(self):
+        return 2
+    def member_logits(self, images):
+        time.sleep(self.warmup_s)
+        return np.zeros((2, len(images), 10), np.float32)
+    def predict_logits(self, images):
+        return self.member_logits(images).sum(axis=0)
+    def close(self):
+        pass
+"""
+
+
+def _script(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "serve.py"
+    path.write_text("import sys, time\n" + STAND_IN + body)
+    return [sys.executable, str(path)]
+
+
+def _wait_for(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _live(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v2/health/live", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs the POSIX open-file limit")
+def test_out_of_descriptors_logs_a_few_lines_and_keeps_answering(tmp_path):
+    """With 64 descriptors and a cap above them, accepts fail (EMFILE): asyncio's traceback per
+    failed accept (51.7 MB of log in 20 s) is one line per 10 s, and the connections idle longest
+    are closed so that health checks still get in."""
+    port = _free_port()
+    cmd = _script(tmp_path, f"""
+import resource
+from lsmha.serving import CommitteeServer, CommitteeService, ServeConfig
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+config = ServeConfig(max_batch=1, warmup=False, max_connections=500, header_timeout_s=60)
+CommitteeServer(CommitteeService(StandInCommittee, config), port={port}, log_level="warning").run()
+""")  # fmt: skip
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    socks = []
+    try:
+        _wait_for(lambda: _live(port))
+        for _ in range(80):
+            socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        _wait_for(lambda: _live(port), timeout_s=10)  # asyncio retries the accept each second
+        text = log_path.read_text()
+        assert "cannot accept connections" in text, text[-2000:]
+        assert len(text) < 10_000 and "Traceback" not in text, text[-2000:]
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# -- pauses and shutdown --------------------------------------------------------------------------
+
+
+def test_a_body_that_came_while_the_server_stood_still_is_answered_not_408(guarded):
+    """The loop stands still 1.5 s (as under SIGSTOP) while the rest of a body arrives, past
+    --body-timeout-s 0.5: the request is answered, the pause is not the client's."""
+    body = json.dumps(protocol.encode_images(np.zeros((1, 32, 32, 3), np.uint8))).encode()
+    head = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    loop = guarded.service.batcher._worker.get_loop()
+    with _connect(guarded, head.encode() + body[:10]) as sock:
+        time.sleep(0.2)  # the handler waits for the rest of the body
+        loop.call_soon_threadsafe(time.sleep, 1.5)  # the event loop stops running
+        time.sleep(0.2)
+        sock.sendall(body[10:])
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+def test_a_stalled_body_still_gets_408(guarded):
+    head = f"POST /v2/models/{NAME}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    with _connect(guarded, head.encode() + b"{") as sock:
+        assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def _serve_cli(tmp_path: Path, port: int, patch: str) -> subprocess.Popen:
+    cmd = _script(tmp_path, f"""
+import types
+import lsmha.engine as engine
+{patch}
+from lsmha.serving.cli import main
+sys.exit(main([{str(tmp_path)!r}, "--port", "{port}", "--shutdown-timeout-s", "1", "--log-level", "warning"]))
+""")  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (SIGTERM)")
+def test_sigterm_during_warm_up_exits_0_within_the_shutdown_timeout(tmp_path):
+    """A warm-up batch that takes 60 s: SIGTERM ends the process within --shutdown-timeout-s 1
+    (it exited 26 s late, waiting for the warm-up) with exit 0 and a line saying why."""
+    port = _free_port()
+    patch = """
+StandInCommittee.warmup_s = 60
+engine.load_source = lambda directory: types.SimpleNamespace(manifest=None)
+engine.Committee.load = staticmethod(lambda *args, **kwargs: StandInCommittee())
+"""
+    proc = _serve_cli(tmp_path, port, patch)
+    try:
+        _wait_for(lambda: _live(port))
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status_code == 503
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped before the committee was ready" in err, err
+    assert took < 1 + 5, took  # the bound, plus a margin for a loaded machine; not the 60 s warm-up
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (SIGTERM)")
+def test_sigterm_before_serving_exits_0(tmp_path):
+    """SIGTERM while the export is read (before uvicorn handles signals) exited 143; now 0 and one line."""
+    patch = """
+def reading(directory):
+    print("reading", flush=True)
+    time.sleep(60)
+engine.load_source = reading
+"""
+    proc = _serve_cli(tmp_path, _free_port(), patch)
+    try:
+        assert proc.stdout.readline() == "reading\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "lsmha-serve: stopped by SIGTERM before serving" in err, err

@@ -23,9 +23,11 @@ requests and answering health checks meanwhile.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -39,6 +41,7 @@ from starlette.requests import ClientDisconnect
 
 from ..version import __version__
 from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
+from .clock import LoopClock
 from .config import ServeConfig
 from .extension_routes import router as extension_router
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -57,11 +60,15 @@ from .protocol import (
 log = logging.getLogger("lsmha.serving")
 
 
+class LoadingStopped(Exception):
+    """Loading or warm-up gave way to a shutdown."""
+
+
 class CommitteeService:
     """The served committee (once loaded), its batcher and its metrics.
 
     Args:
-        loader: returns the `lsmha.engine.Committee` to serve (called once, in a worker thread).
+        loader: returns the `lsmha.engine.Committee` to serve (called once, in its own thread).
         config: the server settings.
         on_load_failure: called with the exception when loading or warm-up fails (the CLI exits).
     """
@@ -86,26 +93,57 @@ class CommitteeService:
         self.ready = False
         self.draining = False  # set by the server once its graceful-shutdown wait began
         self.failure: str | None = None
+        self.clock = LoopClock()  # client deadlines: a paused process does not count against them
+        self.loading_abandoned = False  # the shutdown bound passed while loading or warm-up still ran
         self._decoder: ThreadPoolExecutor | None = None
+        self._loading: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     # -- loading -------------------------------------------------------------------------------
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise LoadingStopped("the server is shutting down")
 
     def _load_and_warm(self) -> None:
         committee = self.loader()
         spec = InputSpec(committee.img_size, committee.in_chans, self.config.max_batch)
-        if self.config.warmup:
-            rng = np.random.default_rng(0)
-            for n in sorted({1, self.config.max_batch}):
-                pixels = rng.integers(0, 256, (n, *spec.shape("UINT8")), dtype=np.uint8)
-                self._compute(committee, pixels, BatchKey.of(pixels, member_logits=True))
-                floats = pixels.transpose(0, 3, 1, 2).astype(np.float32)
-                self._compute(committee, floats, BatchKey.of(floats, member_logits=False))
+        try:
+            if self.config.warmup:
+                rng = np.random.default_rng(0)
+                for n in sorted({1, self.config.max_batch}):
+                    pixels = rng.integers(0, 256, (n, *spec.shape("UINT8")), dtype=np.uint8)
+                    floats = pixels.transpose(0, 3, 1, 2).astype(np.float32)
+                    for images, members in ((pixels, True), (floats, False)):
+                        self._check_stopping()  # between batches: a shutdown does not wait for the rest
+                        self._compute(committee, images, BatchKey.of(images, member_logits=members))
+            self._check_stopping()
+        except LoadingStopped:
+            committee.close()
+            raise
         self.committee, self.spec = committee, spec
 
-    async def load(self) -> None:
-        """Load and warm up the committee in a thread; readiness flips only on success."""
+    def _load_into(self, done: concurrent.futures.Future) -> None:
+        done.set_running_or_notify_cancel()
         try:
-            await asyncio.to_thread(self._load_and_warm)
+            self._load_and_warm()
+        except BaseException as err:  # handed to load(), on the event loop
+            done.set_exception(err)
+        else:
+            done.set_result(None)
+
+    async def load(self) -> None:
+        """Load and warm up the committee; readiness flips only on success. In a daemon thread
+        of its own, not the loop's executor, so that a shutdown need not wait for a model load
+        (`stop`)."""
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._loading = threading.Thread(target=self._load_into, args=(done,), name="lsmha-load", daemon=True)
+        self._loading.start()
+        try:
+            await asyncio.wrap_future(done)
+        except LoadingStopped:
+            log.info("loading stopped: the server is shutting down")
+            return
         except Exception as err:
             self.failure = f"loading the committee failed: {type(err).__name__}: {err}"
             log.error(self.failure)
@@ -123,15 +161,28 @@ class CommitteeService:
         # one thread: parsing holds the interpreter, so more threads would not parse faster,
         # and bodies waiting for it stay queued off the event loop
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsmha-decode")
+        self.clock.start()
         await self.batcher.start()
 
     async def stop(self) -> None:
+        """Stop the batcher and the decoder; loading or warm-up under way stops between batches,
+        waited for at most `shutdown_timeout_s` (then `loading_abandoned`: the thread is left)."""
+        self._stopping.set()
         await self.batcher.stop()
         if self._decoder is not None:
             self._decoder.shutdown(wait=False, cancel_futures=True)
             self._decoder = None
+        if self._loading is not None and self._loading.is_alive():
+            await asyncio.to_thread(self._loading.join, self.config.shutdown_timeout_s)
+            if self._loading.is_alive():
+                self.loading_abandoned = True
+                log.warning(
+                    "loading or warm-up still runs %g s into the shutdown (--shutdown-timeout-s); not waiting for it",
+                    self.config.shutdown_timeout_s,
+                )
         if self.committee is not None:
             self.committee.close()
+        await self.clock.stop()
 
     async def decode(self, body: bytes, header_length: str | None) -> InferRequest:
         """`protocol.decode_body` in the decoder thread: the event loop stays free meanwhile."""
@@ -187,28 +238,36 @@ def _is_count(text: str | None) -> bool:
     return text is not None and text.isascii() and text.isdigit()
 
 
-async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float, clock: LoopClock) -> bytes:
     """The request body, refusing (413) anything over `limit` bytes before reading it all, and
-    (408) a body that has not arrived `timeout_s` after the headers did."""
+    (408) a body that has not arrived `timeout_s` after the headers did, on `clock`: time the
+    process did not run (stopped, or its loop blocked) is not the client's, so a body that came
+    meanwhile is read, even when its timer fires before the loop has read the socket."""
     declared = request.headers.get("content-length")
     if _is_count(declared) and int(declared) > limit:
         raise ProtocolError(f"payload of {declared} bytes exceeds the limit of {limit} bytes (--max-body-mb)", 413)
     chunks, total = [], 0
-    try:
-        async with asyncio.timeout(timeout_s):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise ProtocolError(f"payload exceeds the limit of {limit} bytes (--max-body-mb)", 413)
-                chunks.append(chunk)
-    except TimeoutError:
-        expected = f" of {declared}" if _is_count(declared) else ""
-        raise ProtocolError(
-            f"the request body did not arrive within {timeout_s:g} s ({total}{expected} bytes came; "
-            "--body-timeout-s); send it faster or in smaller requests",
-            408,
-        ) from None
-    return b"".join(chunks)
+    deadline = clock.now() + timeout_s
+    while (left := deadline - clock.now()) > 0:
+        try:
+            message = await asyncio.wait_for(request.receive(), left)
+        except TimeoutError:
+            continue  # measured again on the clock: a pause leaves time left
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            raise ProtocolError(f"payload exceeds the limit of {limit} bytes (--max-body-mb)", 413)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+    expected = f" of {declared}" if _is_count(declared) else ""
+    raise ProtocolError(
+        f"the request body did not arrive within {timeout_s:g} s ({total}{expected} bytes came; "
+        "--body-timeout-s); send it faster or in smaller requests",
+        408,
+    )
 
 
 ERROR_KINDS = {400: "bad_request", 404: "unknown_model", 408: "timeout", 413: "payload_too_large"}
@@ -298,7 +357,7 @@ def create_app(service: CommitteeService) -> FastAPI:
             declared = request.headers.get("content-length")
             if header_length is None and _is_count(declared) and int(declared) <= config.max_body_bytes:
                 check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
-            body = await _read_body(request, config.max_body_bytes, config.body_timeout_s)
+            body = await _read_body(request, config.max_body_bytes, config.body_timeout_s, service.clock)
             req = await service.decode(body, header_length)
             if config.adaptive and "members_run" not in req.outputs:  # every adaptive answer says it
                 req = dataclasses.replace(req, outputs=(*req.outputs, "members_run"))

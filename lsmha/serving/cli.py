@@ -4,18 +4,22 @@ lsmha-serve exports/table6 --port 8000 --max-batch 32 --max-delay-ms 2
 curl -s localhost:8000/v2/health/ready
 curl -s localhost:8000/v2/models/lsmha_committee
 
-SIGTERM or Ctrl-C stops it gracefully (requests in flight get --shutdown-timeout-s) and it exits 0.
+SIGTERM or Ctrl-C stops it gracefully (requests in flight get --shutdown-timeout-s) and it exits 0,
+also when the signal comes before the server listens or while the committee loads or warms up.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter, finish_parser, run_command
-from .config import ServeConfig
+from .config import ServeConfig, default_max_connections
 from .engine_options import add_engine_options, backend_options
 
 PROG = "lsmha-serve"
@@ -60,6 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=ServeConfig.shutdown_timeout_s,
         help="on SIGTERM, longest to wait for requests in flight before cancelling them",
     )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=ServeConfig.header_timeout_s,
+        help="longest a connection may take to send a request's headers (from opening, or from its previous "
+        "response); slower ones are closed",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        help="most connections open at once; beyond it the one idle longest is closed (default: the open-file "
+        f"limit less 64, at most 1024: here {default_max_connections()})",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backend (default: its own choice)")
     p.add_argument("--no-warmup", action="store_true", help="report ready without a warm-up batch")
     p.add_argument(
@@ -102,6 +120,8 @@ def serve(args: argparse.Namespace) -> int:
             max_body_mb=args.max_body_mb,
             body_timeout_s=args.body_timeout_s,
             shutdown_timeout_s=args.shutdown_timeout_s,
+            header_timeout_s=args.header_timeout_s,
+            **({} if args.max_connections is None else {"max_connections": args.max_connections}),
             warmup=not args.no_warmup,
             adaptive=args.adaptive,
         )
@@ -151,6 +171,14 @@ def serve(args: argparse.Namespace) -> int:
         service, host=args.host, port=args.port, log_level=args.log_level, grpc_port=args.grpc_port
     )
     server.run()
+    if not service.ready and service.failure is None:  # a signal while loading or warming up
+        print(f"{PROG}: stopped before the committee was ready (loading or warming up)", file=sys.stderr, flush=True)
+        if service.loading_abandoned:
+            # its thread is still inside the backend: interpreter teardown beneath it could crash,
+            # and nothing is left to flush but the logs
+            logging.shutdown()
+            os._exit(0)
+        return 0
     if service.failure is not None:
         if load_error and isinstance(load_error[0], BackendUnavailable):
             raise CliError.environment(service.failure)  # no backend here can run it
@@ -193,9 +221,26 @@ def _check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+class Terminated(BaseException):
+    """SIGTERM before the server took over the signal (it stops gracefully once it has)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(PROG, serve, args)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        return run_command(PROG, serve, args)
+    except Terminated:  # while reading the export or binding: nothing is served yet, nothing to drain
+        print(f"{PROG}: stopped by SIGTERM before serving", file=sys.stderr)
+        return 0
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+FD_RESERVE = 64  # descriptors kept for the process itself: model files, logs, the listener, runtimes
+
+
+def default_max_connections() -> int:
+    """The connection cap when none is given: the open-file limit less `FD_RESERVE`, at most 1024
+    (at least 16), so connections alone never exhaust the process's descriptors."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no limit to read
+        return 1024
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(16, min(1024, soft - FD_RESERVE))
 
 
 @dataclass(frozen=True)
@@ -21,7 +35,11 @@ class ServeConfig:
         body_timeout_s: longest a request's body may take to arrive once its headers did; a
             slower (or stalled) client gets 408 and its connection is closed.
         shutdown_timeout_s: on SIGTERM, longest to wait for requests in flight before they are
-            cancelled and the process exits.
+            cancelled and the process exits (and for loading or warm-up to stop, when it is under way).
+        header_timeout_s: longest a connection may take to send a request's headers, from when it
+            opened or its previous response went out; a slower one is closed (408 if it sent part).
+        max_connections: most connections open at once; beyond it the connection waiting longest
+            for headers is closed (or, when all have requests in progress, the newcomer gets 503).
         warmup: run the committee on every accepted input kind before reporting ready.
         adaptive: the committee is an `AdaptiveCommittee` (`Committee.load(..., adaptive=True)`):
             every response carries `members_run`, and /metrics has its histogram.
@@ -34,6 +52,8 @@ class ServeConfig:
     max_body_mb: float = 16.0
     body_timeout_s: float = 30.0
     shutdown_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    max_connections: int = field(default_factory=default_max_connections)
     warmup: bool = True
     adaptive: bool = False
 
@@ -53,6 +73,8 @@ class ServeConfig:
                 ("max_body_mb", 0 < self.max_body_mb <= 1 << 20),
                 ("body_timeout_s", 0 < self.body_timeout_s <= 86_400),
                 ("shutdown_timeout_s", 0 <= self.shutdown_timeout_s <= 86_400),
+                ("header_timeout_s", 0 < self.header_timeout_s <= 86_400),
+                ("max_connections", self.max_connections >= 1),
             )
             if not ok
         ]
@@ -60,7 +82,7 @@ class ServeConfig:
             raise ValueError(
                 f"bad server settings: {', '.join(bad)}; expected max_batch and max_queue >= 1, "
                 "max_delay_ms in [0, 60000], max_body_mb in (0, 1048576], body_timeout_s in (0, 86400], "
-                "shutdown_timeout_s in [0, 86400]"
+                "shutdown_timeout_s in [0, 86400], header_timeout_s in (0, 86400], max_connections >= 1"
             )
 
     @property

@@ -59,6 +59,7 @@ JSON_OVERHEAD_BYTES = 64 << 10
 # parsing, counted by a byte search (milliseconds for the largest allowed part); the overhead
 # leaves room for the id, outputs and parameters.
 JSON_OVERHEAD_TOKENS = 4096
+TOO_DEEP = "the request body is nested too deeply; an image tensor's 'data' needs 4 levels at most, the body 5"
 
 
 class ProtocolError(ValueError):
@@ -301,6 +302,8 @@ def check_json_tokens(head: bytes, spec: InputSpec) -> None:
     `spec` can, before it is parsed. Each value but the last of a list or object follows a ',',
     each list and object opens with '[' or '{': their count (strings included, so never fewer)
     bounds what the parser would build."""
+    if b"[" * 8 in head:  # a tensor of images is 4 lists deep in a list of inputs: 5 at most
+        raise ProtocolError(TOO_DEEP)
     tokens = head.count(b",") + head.count(b"[") + head.count(b"{")
     if tokens > spec.max_json_tokens:
         raise ProtocolError(
@@ -325,7 +328,7 @@ def decode_body(body: bytes, header_length: str | None, spec: InputSpec) -> Infe
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ProtocolError(f"the request body is not valid JSON: {err}") from None
     except RecursionError:
-        raise ProtocolError("the request body is nested too deeply; an image tensor needs 5 levels at most") from None
+        raise ProtocolError(TOO_DEEP) from None
 
 
 def _bounded_int(text: str) -> int:

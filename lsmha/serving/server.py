@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from .app import CommitteeService, create_app
+from .connections import ConnectionGuard
 
 
 class CommitteeServer(uvicorn.Server):
@@ -53,12 +54,15 @@ class CommitteeServer(uvicorn.Server):
         self.grpc_host, self.grpc_port = host, grpc_port
         self.grpc_server = None
         self._grpc_stopped: asyncio.Future | None = None
+        settings = service.config
+        self.guard = ConnectionGuard(settings.header_timeout_s, settings.max_connections, service.clock)
         config = uvicorn.Config(
             create_app(service),
             host=host,
             port=port,
             log_level=log_level,
             access_log=False,
+            http=self.guard.protocol_factory(),  # header deadline and connection cap
             timeout_graceful_shutdown=service.config.shutdown_timeout_s,
         )
         super().__init__(config)
@@ -69,6 +73,10 @@ class CommitteeServer(uvicorn.Server):
             from .grpc_service import start_grpc_server
 
             self.grpc_server, self.grpc_port = await start_grpc_server(self.service, self.grpc_host, self.grpc_port)
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(self.guard.exception_handler)  # accept failures
+        await super().serve(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.service.draining = True  # requests cancelled past the bound get a 503, not a traceback
