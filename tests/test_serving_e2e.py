@@ -275,10 +275,10 @@ def _parse_config(model_dir):
 def test_triton_repository_parses_with_tritons_schema_and_matches_the_graph(export_dir, committee, tmp_path):
     import onnxruntime as ort
 
-    from lsmha.serving.triton import add_triton_parser
+    from lsmha.export.triton_cli import register
 
     sub = argparse.ArgumentParser().add_subparsers()
-    add_triton_parser(sub)
+    register(sub)
     args = sub.choices["triton"].parse_args([str(export_dir), "--out", str(tmp_path / "repo"), "--max-batch", "16"])
     assert args.func(args) == 0
     model_dir = tmp_path / "repo" / NAME

@@ -12,16 +12,15 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..cli_help import HelpFormatter, finish_parser, parse_args, run_command
-from ..serving.triton import add_triton_parser
 from ..verify_cli import register as add_verify_parser
-from . import aoti_cli, calibrate_cli, onnx_cli, tensorrt_cli
+from . import aoti_cli, calibrate_cli, onnx_cli, tensorrt_cli, triton_cli
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     onnx_cli.register,
     add_verify_parser,
     aoti_cli.register,
     tensorrt_cli.register,
-    add_triton_parser,
+    triton_cli.register,
     calibrate_cli.register,
 ]
 
