@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 
@@ -38,9 +36,9 @@ def format_cell(value: object) -> str:
 
 
 def write_json(path: str | os.PathLike | None, doc: Any) -> None:
-    """Write `doc` as indented JSON to `path` (parents created; nothing when path is None)."""
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    """A command's `--json PATH`: `doc` written by `lsmha.artifacts.write_json_atomic` (the one
+    JSON writer: atomic, indented, parents created); nothing when `path` is None (not asked for)."""
+    if path is not None:
+        from .artifacts.files import write_json_atomic
+
+        write_json_atomic(path, doc)

@@ -3,12 +3,11 @@ whether every listed file was checked and within tolerance."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .cli_help import CliError, HelpFormatter
-from .tables import format_table
+from .tables import format_table, write_json
 from .verify import TOLERANCES, rows_as_dicts, verify_export
 
 
@@ -61,8 +60,7 @@ def run_cli(args: Any) -> int:
         for r in rows
     ]  # fmt: skip
     print(format_table(headers, table))
-    if args.json:
-        args.json.write_text(json.dumps(rows_as_dicts(rows), indent=2) + "\n")
+    write_json(args.json, rows_as_dicts(rows))
     counts = {k: sum(r.result == k for r in rows) for k in ("ok", "FAIL", "skipped", "info")}
     print(
         f"{counts['ok']} ok, {counts['FAIL']} failed, {counts['skipped']} skipped, "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -94,10 +93,8 @@ def jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, doc: Any) -> Path:
-    """Write `doc` as strict, indented JSON (via a temporary file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write `doc` as strict JSON (non-finite floats as strings, see `jsonable`) with the one
+    JSON writer, `lsmha.artifacts.write_json_atomic`."""
+    from ..artifacts.files import write_json_atomic
+
+    return write_json_atomic(path, jsonable(doc))

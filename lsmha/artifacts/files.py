@@ -42,9 +42,22 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, doc: dict[str, Any]) -> Path:
-    """Write `doc` as indented JSON at `path` via a temporary file and a rename: never half-written."""
-    return write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
+def _json_value(value: Any) -> Any:
+    """What `json` cannot write itself: a path as its text, numpy (or torch) values as numbers and lists."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write a value of type {type(value).__name__} as JSON: {value!r:.80}")
+
+
+def write_json_atomic(path: str | os.PathLike, doc: Any) -> Path:
+    """The one JSON file writer of lsmha: `doc` indented, with a trailing newline, at `path` (parent
+    directories created) via a temporary file and a rename, so a reader never sees it half-written.
+    Paths are written as text, numpy values as numbers and lists; any other object is a TypeError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_bytes_atomic(path, (json.dumps(doc, indent=2, default=_json_value) + "\n").encode())
 
 
 def read_json_document(path: str | os.PathLike, default_name: str, fmt: str, hint: str = "") -> tuple[Path, dict]:

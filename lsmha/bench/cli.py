@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter, finish_parser, parse_args, run_command
-from ..tables import format_table
+from ..tables import format_table, write_json
 from .adaptive import add_adaptive_parser
 from .choices import CUDA_ONLY, DEFAULT_BACKENDS, RUNNER_NAMES
 from .gpu_cli import add_gpu_parser
@@ -208,10 +207,9 @@ def cmd_latency(args: argparse.Namespace) -> int:
         table = [[d["model"], d["batch"], d["backend"]] + [d["speedup"].get(ref) for ref in refs] for d in speedups]
         print(format_table(headers, table))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         doc = {"facts": facts, "committees": committees, "crossover": cross, "speedups": speedups}
         doc["rows"] = rows_as_dicts(rows)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+        write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0
 

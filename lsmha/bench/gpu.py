@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 import traceback
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..artifacts.files import write_json_atomic
 from ..cli_help import CliError
 from ..models import CCT, CCTSpec, committee_specs, parse_committee
 from . import gpu_plan, gpu_report
@@ -201,7 +201,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
 
     def write(result: dict[str, Any]) -> None:
         last.update(result)
-        path.write_text(json.dumps({"facts": facts, **result}, indent=2) + "\n")
+        write_json_atomic(path, {"facts": facts, **result})  # rewritten after every row: never half-written
 
     print_plan(jobs, args.budget, args.deadline)
     print(f"results: {path} (rewritten after every row)", flush=True)
@@ -233,6 +233,7 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     if not result["complete"]:
         print("not all rows of the committee/baseline ratios were measured", file=sys.stderr)
     return 0 if result["complete"] and not result["errors"] else 1
+
 
 if __name__ == "__main__":
     from .gpu_cli import main

@@ -10,7 +10,13 @@ checked against direct `predict` on the same images. Modes:
 - `serve`: the server with dynamic batching (--max-batch, --max-delay-ms);
 - `serve-unbatched`: the same server with batches of one request (max-batch = images per request);
 - `serve-binary`: as `serve`, with images and outputs as binary tensors (the v2 binary tensor
-  data extension, what tritonclient sends by default) in place of JSON numbers.
+  data extension, what tritonclient sends by default) in place of JSON numbers;
+- `grpc`: as `serve`, over the server's KServe v2 gRPC endpoint (`--grpc-port`), images as raw
+  contents (what tritonclient.grpc sends; serve_grpc.py).
+
+Each mode runs at every `--images` count (default 1 and 8 images per request), and each row
+says its images/s against direct predict at the same count. KServe's own ModelServer is not
+measured: the line saying why is printed and kept in the JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..cli_help import CliError, HelpFormatter
-from ..tables import format_table
+from ..tables import format_table, write_json
 
 
 @dataclass(frozen=True)
@@ -202,7 +208,23 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-MODES = ("direct", "serve", "serve-binary", "serve-unbatched")
+MODES = ("direct", "serve", "serve-binary", "grpc", "serve-unbatched")
+
+
+def _measure_mode(
+    mode: str, port: int, grpc_port: int | None, images: list, expected: list, clients: int, requests: int
+) -> ServeRow:
+    """One mode's row on a running server: warm-up calls (connections, server paths), then the timed ones."""
+    url = f"http://127.0.0.1:{port}"
+    run = dict(name="lsmha_committee", images=images, expected=expected, clients=clients, mode=mode)
+    warm = min(requests, 4 * clients)
+    if mode == "grpc":
+        from .serve_grpc import measure_grpc
+
+        measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=warm, **run)
+        return measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=requests, **run)
+    measure_server(url, requests=warm, binary=mode == "serve-binary", **run)
+    return measure_server(url, requests=requests, binary=mode == "serve-binary", **run)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -216,7 +238,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help="engine backend for both the server and the direct calls")
     p.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
     p.add_argument("--requests", type=int, default=400, help="requests per mode (all clients together)")
-    p.add_argument("--images", type=int, default=1, help="images per request")
+    p.add_argument("--images", default="1,8", help="images per request, comma-separated: each count in every mode")
     p.add_argument("--max-batch", type=int, default=32, help="server --max-batch (serve mode)")
     p.add_argument("--max-delay-ms", type=float, default=2.0, help="server --max-delay-ms (serve mode)")
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads (default: the backend's choice)")
@@ -229,12 +251,16 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
-    if bad or not modes or min(args.clients, args.requests, args.images) < 1 or args.images > args.max_batch:
+    sizes = [int(n) for n in args.images.split(",") if n.strip().isdigit()]
+    if len(sizes) != len(args.images.split(",")) or not sizes:
+        raise CliError.usage(f"--images must be comma-separated counts, e.g. 1,8; got {args.images!r}")
+    if bad or not modes or min(args.clients, args.requests, *sizes) < 1 or max(sizes) > args.max_batch:
         raise CliError.usage(
             f"--modes among {', '.join(MODES)} (got {bad or modes}); --clients, --requests, --images >= 1; "
             f"--images <= --max-batch"
         )
     from ..engine import Committee
+    from .serve_grpc import kserve_skipped
 
     options = {} if args.threads is None else {"threads": args.threads}
     try:
@@ -244,57 +270,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except RuntimeError as err:  # no backend can run it here
         raise CliError.environment(str(err)) from err
     rng = np.random.default_rng(args.seed)
-    shape = (args.images, committee.img_size, committee.img_size, committee.in_chans)
-    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(args.clients)]
-    expected = [committee.predict(x) for x in images]
+    work = {}  # images per request -> (each client's images, their labels by direct predict)
+    for n in sizes:
+        shape = (n, committee.img_size, committee.img_size, committee.in_chans)
+        images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(args.clients)]
+        work[n] = (images, [committee.predict(x) for x in images])
     print(
-        f"lsmha-bench serve: {committee!r}; {os.cpu_count()} CPUs; {args.clients} clients, "
-        f"{args.images} image(s)/request, {args.requests} requests per mode, loopback HTTP, KServe v2"
+        f"lsmha-bench serve: {committee!r}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
+        f"{args.clients} clients, {args.images} image(s)/request, {args.requests} requests per mode, "
+        "loopback, KServe v2 over HTTP and gRPC"
     )
     rows: list[ServeRow] = []
     if "direct" in modes:
-        rows.append(measure_direct(committee, images, args.requests))
+        rows += [measure_direct(committee, work[n][0], args.requests) for n in sizes]
     committee.close()
     common = ["--backend", args.backend] + ([] if args.threads is None else ["--threads", str(args.threads)])
     servers = {
         "serve": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
-        "serve-unbatched": ["--max-batch", str(args.images), "--max-delay-ms", "0"],
     }
-    servers["serve-binary"] = servers["serve"]  # the same server; only the clients' encoding differs
+    servers["serve-binary"] = servers["grpc"] = servers["serve"]  # one server kind; the clients differ
     for mode in [m for m in MODES if m in modes and m != "direct"]:
-        port = free_port()
-        try:
-            proc = start_server(args.dir, port, common + servers[mode])
-        except (RuntimeError, TimeoutError) as err:
-            raise CliError(f"the {mode} server did not start: {err}") from err
-        try:
-            url = f"http://127.0.0.1:{port}"
-            warm = min(args.requests, 4 * args.clients)  # connections and server paths warmed, not timed
-            run = dict(name="lsmha_committee", images=images, expected=expected, clients=args.clients, mode=mode)
-            measure_server(url, requests=warm, binary=mode == "serve-binary", **run)
-            rows.append(measure_server(url, requests=args.requests, binary=mode == "serve-binary", **run))
-        finally:
-            stop_server(proc)
-    headers = ["mode", "clients", "img/req", "requests", "req/s", "images/s", "p50 ms", "p99 ms"]
+        # one server per mode, each count in turn; unbatched: one per count (its --max-batch is the count)
+        for group in [[n] for n in sizes] if mode == "serve-unbatched" else [sizes]:
+            if mode == "serve-unbatched":
+                extra = ["--max-batch", str(group[0]), "--max-delay-ms", "0"]
+            else:
+                extra = servers[mode]
+            grpc_port = free_port() if mode == "grpc" else None
+            if grpc_port is not None:
+                extra = [*extra, "--grpc-port", str(grpc_port)]
+            port = free_port()
+            try:
+                proc = start_server(args.dir, port, common + extra)
+            except (RuntimeError, TimeoutError) as err:
+                raise CliError(f"the {mode} server did not start: {err}") from err
+            try:
+                for n in group:
+                    rows.append(_measure_mode(mode, port, grpc_port, *work[n], args.clients, args.requests))
+            finally:
+                stop_server(proc)
+    rows.sort(key=lambda r: (r.images_per_request, MODES.index(r.mode)))
+    direct_rate = {r.images_per_request: r.images_per_s for r in rows if r.mode == "direct"}
+    headers = ["mode", "clients", "img/req", "requests", "req/s", "images/s", "vs direct", "p50 ms", "p99 ms"]
     headers += ["mean batch", "multi-req batches", "errors", "mismatches"]
     print(
         format_table(
             headers,
             [
-                [r.mode, r.clients, r.images_per_request, r.requests, r.requests_per_s, r.images_per_s, r.p50_ms]
-                + [r.p99_ms, r.mean_batch_images, r.multi_request_batches, r.errors, r.mismatches]
+                [r.mode, r.clients, r.images_per_request, r.requests, r.requests_per_s, r.images_per_s]
+                + [r.images_per_s / direct_rate[r.images_per_request] if r.images_per_request in direct_rate else None]
+                + [r.p50_ms, r.p99_ms, r.mean_batch_images, r.multi_request_batches, r.errors, r.mismatches]
                 for r in rows
             ],
         )
     )
+    print(kserve_skipped())
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         facts = {
             "committee": repr(committee),
             "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+            "skipped": [kserve_skipped()],
             "args": {k: str(v) for k, v in vars(args).items() if k != "func"},
         }
-        args.json.write_text(json.dumps({"facts": facts, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
+        write_json(args.json, {"facts": facts, "rows": [asdict(r) for r in rows]})
         print(f"wrote {args.json}")
     failed = sum(r.errors + r.mismatches for r in rows)
     if failed:

@@ -5,12 +5,11 @@ the model-only step under each attention-dropout path instead, interleaved step 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter
-from ..tables import format_table
+from ..tables import format_table, write_json
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,8 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     print(format_table(["model", "device", "batch", "bf16", "model-only img/s", "pipeline img/s", "ratio"], rows))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
         print(f"wrote {args.json}")
     return 0
 
@@ -116,7 +114,6 @@ def _compare_attention(args: argparse.Namespace, models: list, paths: tuple[str,
         "load_average_after": list(os.getloadavg()),
     }
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "models": results}, indent=2) + "\n")
+        write_json(args.json, {"machine": machine, "models": results})
         print(f"wrote {args.json}")
     return 0

@@ -12,7 +12,6 @@ before training starts. Without --recipe, a run gets its data set's preset: digi
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cli_help import CliError, HelpFormatter, finish_parser, parse_args, run_command
+from ..tables import write_json
 from .choices import DATASETS, PRESETS
 
 if TYPE_CHECKING:
@@ -203,12 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(parser)
 
 
-def _write_json(path: Path | None, doc: dict[str, Any]) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=2) + "\n")
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from ..models import model_spec
     from ..models.committees import parse_value
@@ -245,7 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if ctx.is_main:
         epochs = f"{result.epochs} epoch{'' if result.epochs == 1 else 's'}"
         print(f"{result.checkpoint}: val accuracy {result.val_accuracy:.4f} after {epochs}")
-        _write_json(args.json, {"checkpoint": str(result.checkpoint), "val_accuracy": result.val_accuracy,
+        write_json(args.json, {"checkpoint": str(result.checkpoint), "val_accuracy": result.val_accuracy,
                                 "epochs": result.epochs, "already_finished": result.already_finished})  # fmt: skip
     return 0
 
@@ -320,7 +314,7 @@ def _cmd_committee(args: argparse.Namespace) -> int:
     if ctx.is_main:
         print(format_report(report))
         print(f"wrote {args.out / 'committee.json'}")
-        _write_json(args.json, report)
+        write_json(args.json, report)
     return 0
 
 
@@ -343,7 +337,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"{args.split + ' acc':<12} {result['accuracy']:.4f}")
     if "val_accuracy" in result["facts"]:
         print(f"{'at training':<12} {result['facts']['val_accuracy']:.4f}")
-    _write_json(args.json, result)
+    write_json(args.json, result)
     return 0
 
 

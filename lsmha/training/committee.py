@@ -16,7 +16,6 @@ A committee file (configs/table6.toml):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import write_committee
+from ..artifacts import write_committee, write_json_atomic
 from ..metrics import accuracy, agreement_matrix, mean_agreement, soft_committee
 from ..models import CCTSpec, model_spec
 from .data import num_classes
@@ -158,5 +157,5 @@ def train_committee(
             mean_agreement=report["mean_agreement"],
             member_accuracies=[m["val_accuracy"] for m in report["members"]],
         )
-        (out / "committee_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(out / "committee_report.json", report)
     return report

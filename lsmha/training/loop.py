@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from ..artifacts import write_json_atomic
 from ..metrics import accuracy
 from ..models import CCT, CCTSpec, load_facts, save
 from .augment import BatchAugment
@@ -205,7 +206,7 @@ def _build(cfg: RunConfig, ctx: DistContext) -> _Training:
     out, recipe = Path(cfg.out), cfg.recipe
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / RUN_FILE).write_text(json.dumps(cfg.identity(), indent=2) + "\n")
+        write_json_atomic(out / RUN_FILE, cfg.identity())
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank
     model = CCT(cfg.spec).to(ctx.device)
     optimizer = torch.optim.AdamW(
@@ -360,6 +361,6 @@ def _finish(run: _Training, val_logits: torch.Tensor | None) -> TrainResult:
         facts = {"dataset": cfg.dataset, "epochs": cfg.recipe.epochs, "val_accuracy": val_acc}
         facts["recipe"] = cfg.recipe.to_dict()
         save(run.model, out / MODEL_FILE, **facts)
-        (out / "result.json").write_text(json.dumps({**facts, "world_size": run.ctx.world_size}, indent=2) + "\n")
+        write_json_atomic(out / "result.json", {**facts, "world_size": run.ctx.world_size})
     barrier(run.ctx)
     return TrainResult(out, out / MODEL_FILE, val_acc, cfg.recipe.epochs, False)
