@@ -10,7 +10,10 @@
     (each of the three also as /v2/models/{name}/versions/1/...)
     GET  /metrics                   Prometheus text
 
-Errors are v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model
+The routes live on the module's `router` and reach the service through the `Service`
+dependency (`app.state.service`); `create_app` puts them on an app with the service's
+lifespan. Routes raise; one handler (`error_response`) answers every failure from the table
+in errors.py as v2 error JSON `{"error": "..."}`: 400 bad input, 404 unknown model
 or route, 405 wrong method, 408 a body slower than `body_timeout_s`, 413 payload
 over the limit, 503 not ready, queue full or shutting down (with Retry-After),
 500 a failed batch (only that batch's requests; the server keeps serving).
@@ -31,21 +34,21 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..version import __version__
 from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .clock import LoopClock
 from .config import ServeConfig
+from .errors import TABLE, InferenceFailed, NotReady, ShutdownCancelled, classify
 from .extension_routes import router as extension_router
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .model_config import EXTENSIONS, MODEL_VERSION, ONE_INPUT, input_tensors, output_tensors
+from .model_config import EXTENSIONS, MODEL_VERSION, ONE_INPUT, input_tensors, output_tensors, unknown_model
 from .protocol import (
     HEADER_LENGTH,
     InferRequest,
@@ -270,13 +273,121 @@ async def _read_body(request: Request, limit: int, timeout_s: float, clock: Loop
     )
 
 
-ERROR_KINDS = {400: "bad_request", 404: "unknown_model", 408: "timeout", 413: "payload_too_large"}
-UNREAD_BODY = {408, 413}  # answered before the whole body came: the connection cannot be reused
+def service_of(request: Request) -> CommitteeService:
+    """The app's service (a route dependency)."""
+    return request.app.state.service
+
+
+Service = Annotated[CommitteeService, Depends(service_of)]
+router = APIRouter()
+
+
+def _not_ready(service: CommitteeService) -> NotReady:
+    reason = service.failure or "the committee is still loading or warming up"
+    return NotReady(f"model {service.config.name!r} is not ready: {reason}")
+
+
+def _check_model(service: CommitteeService, name: str, version: str | None) -> None:
+    """ProtocolError 404 unless `name` (and `version`, when the URL names one) is served here."""
+    if why := unknown_model(service.config, name, version):
+        raise ProtocolError(why, 404)
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(service: Service) -> Response:
+    if not service.ready:
+        raise _not_ready(service)
+    return _json({"ready": True})
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "lsmha-serve", "version": __version__, "extensions": list(EXTENSIONS)}
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(service: Service, name: str, version: str | None = None) -> Response:
+    _check_model(service, name, version)
+    if not service.ready:
+        raise _not_ready(service)
+    return _json(service.metadata())
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(service: Service, name: str, version: str | None = None) -> Response:
+    _check_model(service, name, version)
+    if not service.ready:
+        raise _not_ready(service)
+    return _json({"name": name, "ready": True})
+
+
+@router.get("/metrics")
+async def prometheus(service: Service) -> Response:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(service: Service, name: str, request: Request, version: str | None = None) -> Response:
+    config = service.config
+    service.metrics.request(name)
+    request.state.counts_errors = True  # error_response counts this request's failure in /metrics
+    _check_model(service, name, version)
+    if not service.ready:
+        raise _not_ready(service)
+    header_length = request.headers.get(HEADER_LENGTH)
+    declared = request.headers.get("content-length")
+    if header_length is None and _is_count(declared) and int(declared) <= config.max_body_bytes:
+        check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
+    try:
+        body = await _read_body(request, config.max_body_bytes, config.body_timeout_s, service.clock)
+        req = await service.decode(body, header_length)
+        if config.adaptive and "members_run" not in req.outputs:  # every adaptive answer says it
+            req = dataclasses.replace(req, outputs=(*req.outputs, "members_run"))
+        rows = await service.batcher.submit(req.images, key=BatchKey.of(req.images, req.wants_members))
+    except asyncio.CancelledError:
+        if not service.draining:
+            raise
+        # the shutdown bound is over and uvicorn cancels what still runs: answer it (the
+        # client may retry elsewhere) rather than leave one traceback per request in the log
+        asyncio.current_task().uncancel()
+        log.info("request from %s cancelled: the shutdown wait is over", _peer(request))
+        raise ShutdownCancelled("the server is shutting down; retry elsewhere") from None
+    except (ProtocolError, ClientDisconnect, QueueFull, ShuttingDown):
+        raise
+    except Exception as err:  # a failed batch: only its requests fail
+        log.exception("inference failed")
+        raise InferenceFailed(f"inference failed: {type(err).__name__}: {err}") from err
+    service.metrics.answered(len(req.images))
+    doc, blobs = encode_response(config.name, req, rows, MODEL_VERSION)
+    content, length = join_body(doc, blobs)
+    if length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
+
+
+async def error_response(request: Request, exc: Exception) -> Response:
+    """The one answer to every failure of every route: status, message and headers from
+    `errors.classify`, counted in /metrics for inference requests."""
+    failure = classify(exc)
+    if getattr(request.state, "counts_errors", False):
+        request.app.state.service.metrics.error(failure.kind)
+    if failure.kind == "disconnected":  # nobody to answer; one line, not a traceback
+        log.info("client %s went away before its request body arrived", _peer(request))
+    elif failure.status == 500 and not isinstance(exc, InferenceFailed):  # logged where the batch failed
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return _error(failure.status, failure.message, failure.headers or None)
 
 
 def create_app(service: CommitteeService) -> FastAPI:
     """The FastAPI app serving `service` (loading starts with the app's lifespan)."""
-    config, metrics = service.config, service.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -291,112 +402,10 @@ def create_app(service: CommitteeService) -> FastAPI:
     app = FastAPI(title="lsmha-serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.include_router(extension_router)  # first: its /v2/models/stats before /v2/models/{name}
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-
-    def not_ready() -> Response:
-        reason = service.failure or "the committee is still loading or warming up"
-        return _error(503, f"model {config.name!r} is not ready: {reason}", {"Retry-After": "1"})
-
-    @app.get("/v2/health/live")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
-
-    @app.get("/v2/health/ready")
-    async def ready() -> Response:
-        return _json({"ready": True}) if service.ready else not_ready()
-
-    @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "lsmha-serve", "version": __version__, "extensions": list(EXTENSIONS)}
-
-    def unknown(name: str, version: str | None) -> str | None:
-        """Why `name` (and `version`, when the URL names one) is not served here, or None."""
-        if name != config.name:
-            return f"unknown model {name!r}; this server serves {config.name!r}"
-        if version is not None and version != MODEL_VERSION:
-            return f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}"
-        return None
-
-    @app.get("/v2/models/{name}")
-    @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str | None = None) -> Response:
-        if why := unknown(name, version):
-            return _error(404, why)
-        return _json(service.metadata()) if service.ready else not_ready()
-
-    @app.get("/v2/models/{name}/ready")
-    @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None) -> Response:
-        if why := unknown(name, version):
-            return _error(404, why)
-        return _json({"name": name, "ready": True}) if service.ready else not_ready()
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        metrics.request(name)
-        try:
-            if why := unknown(name, version):
-                raise ProtocolError(why, 404)
-            if not service.ready:
-                metrics.error("not_ready")
-                return not_ready()
-            header_length = request.headers.get(HEADER_LENGTH)
-            declared = request.headers.get("content-length")
-            if header_length is None and _is_count(declared) and int(declared) <= config.max_body_bytes:
-                check_json_size(int(declared), service.spec)  # all JSON: refuse before reading it
-            body = await _read_body(request, config.max_body_bytes, config.body_timeout_s, service.clock)
-            req = await service.decode(body, header_length)
-            if config.adaptive and "members_run" not in req.outputs:  # every adaptive answer says it
-                req = dataclasses.replace(req, outputs=(*req.outputs, "members_run"))
-            rows = await service.batcher.submit(req.images, key=BatchKey.of(req.images, req.wants_members))
-        except ProtocolError as err:
-            metrics.error(ERROR_KINDS.get(err.status, "bad_request"))
-            close = {"Connection": "close"} if err.status in UNREAD_BODY else None
-            return _error(err.status, str(err), close)
-        except ClientDisconnect:  # nobody to answer; one line, not a traceback
-            metrics.error("disconnected")
-            log.info("client %s went away before its request body arrived", _peer(request))
-            return _error(400, "client disconnected")
-        except QueueFull as err:
-            metrics.error("queue_full")
-            return _error(503, str(err), {"Retry-After": str(err.retry_after_s)})
-        except ShuttingDown as err:
-            metrics.error("shutting_down")
-            return _error(503, str(err), {"Retry-After": "1"})
-        except asyncio.CancelledError:
-            if not service.draining:
-                raise
-            # the shutdown bound is over and uvicorn cancels what still runs: answer it (the
-            # client may retry elsewhere) rather than leave one traceback per request in the log
-            asyncio.current_task().uncancel()
-            metrics.error("shutting_down")
-            log.info("request from %s cancelled: the shutdown wait is over", _peer(request))
-            closing = {"Retry-After": "1", "Connection": "close"}
-            return _error(503, "the server is shutting down; retry elsewhere", closing)
-        except Exception as err:  # a failed batch: only its requests fail
-            metrics.error("internal")
-            log.exception("inference failed")
-            return _error(500, f"inference failed: {type(err).__name__}: {err}")
-        metrics.answered(len(req.images))
-        doc, blobs = encode_response(config.name, req, rows, MODEL_VERSION)
-        content, length = join_body(doc, blobs)
-        if length is None:
-            return Response(content, media_type="application/json")
-        return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(length)})
-
+    app.include_router(router)
+    for kind, _ in TABLE:
+        app.add_exception_handler(kind, error_response)
+    app.add_exception_handler(Exception, error_response)  # a 500 (Starlette then re-raises it to uvicorn's log)
     return app
 
 
