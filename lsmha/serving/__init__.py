@@ -1,5 +1,6 @@
-"""Serving: the KServe v2 HTTP server (`lsmha-serve`), its dynamic batcher and metrics,
-and the Triton model-repository writer (`lsmha-export triton`).
+"""Serving: the KServe v2 HTTP server (`lsmha-serve`) and its gRPC service (`--grpc-port`,
+grpc_service.py), Triton's model configuration and statistics extensions, the dynamic
+batcher and metrics, and the Triton model-repository writer (`lsmha-export triton`).
 
 Light on import: FastAPI, uvicorn and prometheus_client (the `serve` extra) load only
 with `create_app`, `CommitteeService`, `CommitteeServer`, `BackgroundServer` or
