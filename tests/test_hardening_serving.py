@@ -364,3 +364,35 @@ engine.load_source = reading
         proc.kill()
     assert proc.returncode == 0, err
     assert "lsmha-serve: stopped by SIGTERM before serving" in err, err
+
+
+# -- one table for every failure --------------------------------------------------------------
+
+
+def test_every_failure_maps_to_a_status_and_a_metric_kind():
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    from lsmha.serving.batcher import QueueFull, ShuttingDown
+    from lsmha.serving.errors import TABLE, InferenceFailed, NotReady, ShutdownCancelled, classify
+    from lsmha.serving.metrics import ERROR_KINDS
+
+    cases = {
+        ProtocolError("bad"): (400, "bad_request", {}),
+        ProtocolError("gone", 404): (404, "unknown_model", {}),
+        ProtocolError("slow", 408): (408, "timeout", {"Connection": "close"}),
+        ProtocolError("big", 413): (413, "payload_too_large", {"Connection": "close"}),
+        NotReady("loading"): (503, "not_ready", {"Retry-After": "1"}),
+        ClientDisconnect(): (400, "disconnected", {}),
+        QueueFull("full", retry_after_s=3): (503, "queue_full", {"Retry-After": "3"}),
+        ShuttingDown("bye"): (503, "shutting_down", {"Retry-After": "1"}),
+        ShutdownCancelled("bye"): (503, "shutting_down", {"Retry-After": "1", "Connection": "close"}),
+        InferenceFailed("boom"): (500, "internal", {}),
+        HTTPException(405, "no"): (405, "bad_request", {}),
+        KeyError("bug"): (500, "internal", {}),
+    }
+    assert {type(e) for e in cases} >= {kind for kind, _ in TABLE}
+    for err, (status, kind, headers) in cases.items():
+        failure = classify(err)
+        assert (failure.status, failure.kind, failure.headers) == (status, kind, headers), err
+        assert failure.kind in ERROR_KINDS
