@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lsmha.artifacts import read_manifest
+from lsmha.bench.cli import main as bench_main
 from lsmha.engine import Committee, available_backends
 from lsmha.engine.adaptive import Calibration, apply_rule, margins, partial_sums, read_calibration, write_calibration
 from lsmha.engine.adaptive_committee import AdaptiveCommittee
@@ -233,3 +234,22 @@ def test_committee_load_adaptive_gives_the_adaptive_committee(calibrated):
     assert isinstance(adaptive, AdaptiveCommittee) and adaptive.order == [1, 2, 0]
     assert adaptive.backend == "adaptive[torch[cpu]]" and len(adaptive.thresholds) == 2
     assert not isinstance(Committee.load(out, "torch"), AdaptiveCommittee)
+
+
+def test_bench_latency_adds_the_adaptive_rows(calibrated, tmp_path, capsys):
+    """`lsmha-bench latency --adaptive DIR`: the adaptive committee against its full committee on the
+    data set's test images, in the table and the JSON, beside the random-weight rows."""
+    out, _ = calibrated
+    report = tmp_path / "latency.json"
+    args = ["latency", "--committee", "cct_1_3x1:dim=32:heads=2", "--baseline", "cct_7_3x1:dim=32:heads=2:n_blocks=1",
+            "--backend", "torch", "--batch", "1", "--budget", "0.01", "--rounds", "1", "--min-calls", "1",
+            "--adaptive", str(out), "--dataset", "digits", "--no-progress", "--json", str(report)]  # fmt: skip
+    assert bench_main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"adaptive committee of {out}" in printed and "agreement with the full committee" in printed
+    adaptive = json.loads(report.read_text())["adaptive"]
+    assert adaptive["split"] == "test" and adaptive["n"] == sum(adaptive["members_run_histogram"].values())
+    assert 0.9 <= adaptive["agreement"] <= 1.0 and 1.0 <= adaptive["mean_members_run"] <= 3.0
+    assert adaptive["backends"]["adaptive"].endswith(", one graph]")  # calibrate wrote adaptive.onnx
+    assert adaptive["batch1_images"] == 200 and adaptive["batch1_rounds"] == 2
+    assert bench_main([*args[:-2], "--adaptive", str(tmp_path / "none"), "--json", str(report)]) == 2

@@ -107,6 +107,18 @@ def add_latency_parser(sub: argparse._SubParsersAction) -> None:
         "default: 2 on CPU, 3 with --full or CUDA)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and images")
+    p.add_argument(
+        "--adaptive",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also time the adaptive committee of this calibrated export (lsmha-export calibrate) against its full "
+        "committee, on --dataset's test images: what it costs depends on trained weights and real images",
+    )
+    p.add_argument(
+        "--dataset", default="fashion-mnist", help="data set of --adaptive's images (its test split is used)"
+    )
+    p.add_argument("--data-dir", type=Path, default=None, help="where --dataset lives, if not its default")
     p.add_argument("--json", type=Path, default=None, help="also write the rows and machine facts to this file")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=cmd_latency)
@@ -206,12 +218,39 @@ def cmd_latency(args: argparse.Namespace) -> int:
         headers = ["model", "batch", "backend"] + [f"x {ref}" for ref in refs]
         table = [[d["model"], d["batch"], d["backend"]] + [d["speedup"].get(ref) for ref in refs] for d in speedups]
         print(format_table(headers, table))
+    adaptive = None
+    if args.adaptive is not None:
+        adaptive = adaptive_rows(args)
     if args.json:
         doc = {"facts": facts, "committees": committees, "crossover": cross, "speedups": speedups}
         doc["rows"] = rows_as_dicts(rows)
+        if adaptive is not None:
+            doc["adaptive"] = adaptive
         write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0
+
+
+def adaptive_rows(args: argparse.Namespace) -> dict:
+    """`lsmha-bench adaptive`'s rows for `--adaptive DIR` on the test split, printed; the result."""
+    from ..engine.backends import BackendUnavailable
+    from ..training.data import DataSetMissing
+    from .adaptive import measure_adaptive, print_report
+
+    print(f"adaptive committee of {args.adaptive} against its full committee ({args.dataset} test images, auto):")
+    try:
+        result = measure_adaptive(
+            args.adaptive, args.dataset, "test", args.data_dir, latency_images=200, throughput_images=1024,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except BackendUnavailable as err:
+        raise CliError.environment(str(err)) from None
+    except DataSetMissing:
+        raise  # exit 3: the environment's, not bad usage
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError.usage(f"--adaptive {args.adaptive}: {err}") from None
+    print_report(result)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
