@@ -1,5 +1,6 @@
 """One load and one predict read and hash each file once: the manifest is parsed and checked
-once, each listed file hashed once, whichever way the committee is built (the server's too)."""
+once, each file the backend opens hashed once per process and the files it does not open never,
+whichever way the committee is built (the server's too). docs/engine.md walks the same path."""
 
 from collections import Counter
 from pathlib import Path
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import lsmha.artifacts.committee as committee_file
-import lsmha.artifacts.manifest as manifest_file
+import lsmha.artifacts.files as files_module
+import lsmha.artifacts.verified as verified_module
 import lsmha.models.spec as spec_module
 from lsmha.artifacts import write_committee
 from lsmha.engine import Committee, load_source
@@ -21,7 +22,7 @@ def counted(monkeypatch):
     hashed: Counter = Counter()
     read: Counter = Counter()
     checked: list = []
-    sha256_file, read_text, check = manifest_file.sha256_file, Path.read_text, spec_module.check_compatible
+    sha256_file, read_text, check = files_module.sha256_file, Path.read_text, spec_module.check_compatible
 
     def counting_sha256(path, *args, **kwargs):
         hashed[Path(path).name] += 1
@@ -35,8 +36,8 @@ def counted(monkeypatch):
         checked.append(len(specs))
         return check(specs, *args, **kwargs)
 
-    for module in (manifest_file, committee_file):
-        monkeypatch.setattr(module, "sha256_file", counting_sha256)
+    monkeypatch.setattr(files_module, "sha256_file", counting_sha256)
+    monkeypatch.setattr(verified_module, "_digests", {})  # a fresh process: nothing hashed yet
     monkeypatch.setattr(Path, "read_text", counting_read)
     import lsmha.engine.committee as engine_committee
 
@@ -71,8 +72,63 @@ def test_an_export_load_and_predict_parse_the_manifest_once(tmp_path, counted):
     hashed.clear(), read.clear()
     Committee.load(tmp_path, backend="onnxruntime").predict(IMAGES)
     assert read["manifest.json"] == 1 and len(checked) == 1
-    assert hashed and set(hashed.values()) == {1}, hashed  # every listed file hashed once
+    assert dict(hashed) == {"committee.onnx": 1}  # the file onnxruntime opens, once; the weights never
     hashed.clear(), read.clear()
+    verified_module._digests.clear()  # as in a fresh process
     source = load_source(tmp_path)  # what lsmha-serve does: read once before binding, load from it
     Committee.load(source, backend="onnxruntime").predict(IMAGES)
-    assert read["manifest.json"] == 1 and set(hashed.values()) == {1}
+    assert read["manifest.json"] == 1 and dict(hashed) == {"committee.onnx": 1}
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory):
+    """An export holding more than any one backend opens: the fp32 and fp16 committee graphs, one
+    graph per member and the members' weights."""
+    from lsmha.export.onnx import export_onnx
+
+    directory = tmp_path_factory.mktemp("every_kind")
+    export_onnx(_members(), directory, precisions=("fp32", "fp16"), per_member=True)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("backend", "opened"),
+    [
+        ("onnxruntime", {"committee.onnx"}),
+        ("openvino", {"committee.onnx"}),
+        ("torch", {"member0.safetensors", "member1.safetensors"}),
+    ],
+)
+def test_a_load_hashes_only_the_files_its_backend_opens(every_kind, counted, backend, opened):
+    from lsmha.engine.backends import available_backends
+
+    if available_backends()[backend]:
+        pytest.skip(available_backends()[backend])
+    from lsmha.artifacts import read_manifest
+
+    hashed, read, checked = counted
+    listed = {Path(e.path).name for e in read_manifest(every_kind, verify=False).files}
+    assert opened < listed and len(listed) >= 7, listed
+    hashed.clear(), read.clear()
+    committee = Committee.load(every_kind, backend=backend)
+    committee.predict(IMAGES)
+    assert dict(hashed) == dict.fromkeys(opened, 1)  # per path: the files it opened, once each
+    assert read["manifest.json"] == 1 and len(checked) == 1
+    committee.close()
+    hashed.clear()
+    Committee.load(load_source(every_kind), backend=backend).predict(IMAGES)  # again, as lsmha-serve does
+    assert not hashed  # unchanged files are not hashed twice in one process
+
+
+def test_a_file_changed_after_a_load_is_hashed_again_and_refused(every_kind, tmp_path, counted):
+    import shutil
+
+    hashed, _, _ = counted
+    shutil.copytree(every_kind, tmp_path, dirs_exist_ok=True)
+    Committee.load(tmp_path, backend="onnxruntime").close()
+    graph = tmp_path / "committee.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    hashed.clear()
+    with pytest.raises(ValueError, match="committee.onnx does not match its sha256"):
+        Committee.load(tmp_path, backend="onnxruntime")
+    assert hashed == {"committee.onnx": 1}

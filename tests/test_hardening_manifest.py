@@ -88,11 +88,24 @@ def test_specs_are_hashed(export_dir):
         read_manifest(export_dir)
 
 
+def _claim_classes(n):
+    def change(doc):
+        for f in doc["files"]:
+            for t in f["outputs"]:
+                t["shape"][-1] = n
+
+    return change
+
+
 def test_committee_load_refuses_a_forged_spec(export_dir):
     from lsmha import Committee
 
     _edit(export_dir, _set_members(num_classes=1000))
-    with pytest.raises(ValueError, match="disagrees with its weights"):
+    # refused from the listing itself, before any file is read: the graphs declare 10 classes
+    with pytest.raises(ValueError, match=r"declares logits of shape \['batch', 10\], the member specs imply"):
+        Committee.load(export_dir, backend="torch")
+    _edit(export_dir, _claim_classes(1000))  # the listing forged too: the weights still tell
+    with pytest.raises(ValueError, match="member 0's spec disagrees with its weights"):
         Committee.load(export_dir, backend="torch")
 
 

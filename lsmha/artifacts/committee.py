@@ -11,6 +11,7 @@ from typing import Any
 from ..models import CCTSpec
 from ..models.spec import check_compatible
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
+from .verified import check_sha256
 
 FORMAT = "lsmha-committee-1"
 
@@ -44,7 +45,8 @@ def write_committee(path: str | os.PathLike, checkpoints: list[str | os.PathLike
 
 
 def read_committee(path: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]:
-    """The manifest document and its members' verified checkpoint paths."""
+    """The manifest document and its members' verified checkpoint paths (each hashed once per
+    process: `verified.file_sha256`)."""
     path, doc = read_json_document(path, "committee.json", FORMAT, " (the committee manifest)")
     members = doc.get("members")
     if not isinstance(members, list) or not members:
@@ -59,9 +61,5 @@ def read_committee(path: str | os.PathLike) -> tuple[dict[str, Any], list[Path]]
         ck = resolve_inside(path.parent, member["checkpoint"])
         if not ck.is_file():
             raise FileNotFoundError(f"{path}: member checkpoint {member['checkpoint']} is missing")
-        if sha256_file(ck) != member["sha256"]:
-            raise ValueError(
-                f"{path}: {member['checkpoint']} does not match its sha256 (modified or corrupt); refusing it"
-            )
-        paths.append(ck)
+        paths.append(check_sha256(ck, member["sha256"], f"{path}: {member['checkpoint']}"))
     return doc, paths

@@ -29,37 +29,57 @@ def specs_sha256(members: Sequence[dict[str, Any]]) -> str:
 
 def check_specs(manifest: ExportManifest, source: Path) -> None:
     """Raise ValueError naming `source` and the first disagreement between the manifest's
-    specs and its files (see the module docstring)."""
-    _check_member_weights(manifest, source)
+    specs and its files (see the module docstring): every file read, the weights first."""
+    weights = _check_weight_scopes(manifest, source)
+    for entry in weights:
+        check_file(manifest, entry, source)
     for entry in manifest.files:
         _check_declared_tensors(manifest, entry, source)
         if entry.format == "onnx":
-            _check_onnx_graph(manifest.path_of(entry), entry, source)
+            check_file(manifest, entry, source)
 
 
-def _check_member_weights(manifest: ExportManifest, source: Path) -> None:
-    from ..models.checkpoint import load_facts
+def check_listing(manifest: ExportManifest, source: Path) -> None:
+    """The checks the manifest's own text allows (no file is read): one weights file per member,
+    and every entry's declared tensors the shapes the specs imply. `check_file` does the rest,
+    file by file."""
+    _check_weight_scopes(manifest, source)
+    for entry in manifest.files:
+        _check_declared_tensors(manifest, entry, source)
 
+
+def _check_weight_scopes(manifest: ExportManifest, source: Path) -> list[FileEntry]:
+    """The weights entries in member order, refusing a set that is not one per member."""
     weights = {e.scope: e for e in manifest.find(format="safetensors") if isinstance(e.scope, int)}
-    if not weights:
-        return
-    if sorted(weights) != list(range(len(manifest.specs))):
+    if weights and sorted(weights) != list(range(len(manifest.specs))):
         raise ValueError(
             f"{source} lists {len(manifest.specs)} member specs but holds weights for members {sorted(weights)}; "
             "refusing it (re-export the committee)"
         )
-    for i, spec in enumerate(manifest.specs):
-        stored = CCTSpec.from_dict(load_facts(manifest.path_of(weights[i]))["spec"])
-        if stored != spec:
-            diff = {
-                k: (v, stored.to_dict()[k])
-                for k, v in spec.to_dict().items()
-                if stored.to_dict()[k] != v and k != "name"
-            }
-            raise ValueError(
-                f"{source}: member {i}'s spec disagrees with its weights {weights[i].path} "
-                f"(manifest, stored): {diff}; refusing it (re-export the committee)"
-            )
+    return [weights[i] for i in sorted(weights)]
+
+
+def check_file(manifest: ExportManifest, entry: FileEntry, source: Path) -> None:
+    """The checks of one file's content: a member's weights hold its spec, an ONNX graph has the
+    declared inputs and outputs."""
+    if entry.format == "safetensors" and isinstance(entry.scope, int):
+        _check_member_weights(manifest, entry, source)
+    elif entry.format == "onnx":
+        _check_onnx_graph(manifest.path_of(entry), entry, source)
+
+
+def _check_member_weights(manifest: ExportManifest, entry: FileEntry, source: Path) -> None:
+    from ..models.checkpoint import load_facts
+
+    i, spec = entry.scope, manifest.specs[entry.scope]
+    stored = CCTSpec.from_dict(load_facts(manifest.path_of(entry))["spec"])
+    if stored != spec:
+        theirs = stored.to_dict()
+        diff = {k: (v, theirs[k]) for k, v in spec.to_dict().items() if theirs[k] != v and k != "name"}
+        raise ValueError(
+            f"{source}: member {i}'s spec disagrees with its weights {entry.path} "
+            f"(manifest, stored): {diff}; refusing it (re-export the committee)"
+        )
 
 
 def _expected_tensors(manifest: ExportManifest, scope: str | int) -> dict[str, tuple[int | str, ...]]:

@@ -10,8 +10,11 @@ free `extra` dict). A format is only a string, so new artifact kinds ("plan",
                        versions={"tensorrt": trt.__version__})
     add_entries(out_dir, [entry])          # merges into an existing manifest
 
-`read_manifest` verifies every hash, refuses any path that leaves the directory, and checks
-the member specs against the files (`consistency.check_specs`).
+`read_manifest` refuses any path that leaves the directory and checks the listing against the
+member specs; it verifies every hash and checks the member specs against the files
+(`consistency.check_specs`) at once, or, with `hash_files=False` (how the engine loads), file by
+file as a backend opens them (`ExportManifest.verified_path`): a file no backend opens is never
+read. Either way a file is hashed once per process (`verified.file_sha256`).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from typing import Any
 
 from ..models import CCTSpec
 from ..models.spec import SpecFacts
-from .consistency import check_specs, specs_sha256
+from .consistency import check_file, check_listing, check_specs, specs_sha256
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
+from .verified import check_sha256
 
 FORMAT = "lsmha-export-1"
 MANIFEST = "manifest.json"
@@ -139,6 +143,7 @@ class ExportManifest(SpecFacts):
     files: list[FileEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     complete: bool = True  # False from the export's first file until its last is listed
+    _checked: set[str] = field(default_factory=set, repr=False, compare=False)  # entry paths verified
 
     def find(
         self, format: str | None = None, precision: str | None = None, scope: str | int | None = None
@@ -166,6 +171,18 @@ class ExportManifest(SpecFacts):
     def path_of(self, entry: FileEntry) -> Path:
         """Absolute path of an entry, refusing paths that leave the directory."""
         return resolve_inside(self.directory, entry.path)
+
+    def verified_path(self, entry: FileEntry) -> Path:
+        """Absolute path of an entry once the file matches its sha256 and its content the member
+        specs (`consistency.check_file`): the path a backend opens. Checked once per manifest,
+        hashed once per process; ValueError / FileNotFoundError naming the file otherwise."""
+        path = self.path_of(entry)
+        if entry.path not in self._checked:
+            source = self.directory / MANIFEST
+            check_sha256(path, entry.sha256, f"{source}: {entry.path}")
+            check_file(self, entry, source)
+            self._checked.add(entry.path)
+        return path
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -233,9 +250,11 @@ def add_entries(directory: str | os.PathLike, entries: list[FileEntry]) -> Expor
     return manifest
 
 
-def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifest:
-    """Read `manifest.json` (or the directory holding it). With `verify`, every file
-    must exist inside the directory and match its sha256, else ValueError/FileNotFoundError."""
+def read_manifest(path: str | os.PathLike, verify: bool = True, hash_files: bool = True) -> ExportManifest:
+    """Read `manifest.json` (or the directory holding it). With `verify`, every file must exist
+    inside the directory and the listing agree with the member specs, and, with `hash_files`,
+    every file match its sha256 and the specs (else ValueError/FileNotFoundError); without
+    `hash_files` each file is hashed and checked when it is opened (`ExportManifest.verified_path`)."""
     path, doc = read_json_document(path, MANIFEST, FORMAT, " (the export manifest: write one with `lsmha-export onnx`)")
     directory = path.parent.resolve()
     members, files_doc = doc.get("members"), doc.get("files", [])
@@ -264,12 +283,13 @@ def read_manifest(path: str | os.PathLike, verify: bool = True) -> ExportManifes
     manifest = ExportManifest(directory, specs, files, extra, complete)
     for entry in files:
         absolute = manifest.path_of(entry)  # refuses escaping paths even without verify
-        if not verify:
-            continue
-        if not absolute.is_file():
+        if verify and not absolute.is_file():
             raise FileNotFoundError(f"{path}: listed file {entry.path} is missing")
-        if sha256_file(absolute) != entry.sha256:
-            raise ValueError(f"{path}: {entry.path} does not match its sha256 (modified or corrupt); refusing it")
-    if verify:
+    if verify and hash_files:
+        for entry in files:
+            check_sha256(manifest.path_of(entry), entry.sha256, f"{path}: {entry.path}")
         check_specs(manifest, path)
+        manifest._checked.update(e.path for e in files)
+    elif verify:
+        check_listing(manifest, path)
     return manifest

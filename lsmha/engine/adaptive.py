@@ -246,7 +246,7 @@ def read_calibration(manifest: Any) -> Calibration | None:
     entries = manifest.find(format="adaptive")
     if not entries:
         return None
-    path, doc = read_json_document(manifest.path_of(entries[0]), CALIBRATION_FILE, CALIBRATION_FORMAT)
+    path, doc = read_json_document(manifest.verified_path(entries[0]), CALIBRATION_FILE, CALIBRATION_FORMAT)
     doc = {k: v for k, v in doc.items() if k != "format"}
     if doc != entries[0].extra:
         raise ValueError(f"{path} differs from its entry in the manifest; recalibrate with `{CALIBRATE_COMMAND}`")

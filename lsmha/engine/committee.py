@@ -225,7 +225,9 @@ class ClosedBackend(Backend):
 
 def load_source(path: str | os.PathLike) -> Source:
     """A backend `Source` from an export `manifest.json`, a `committee.json`, or a
-    directory holding one (manifest.json preferred), with hashes verified."""
+    directory holding one (manifest.json preferred). A committee.json's checkpoints are hashed
+    here (the torch backend opens them all); an export's files when a backend opens them
+    (`ExportManifest.verified_path`), so files it does not open are never read."""
     from ..artifacts import MANIFEST, read_committee, read_manifest
     from ..models import load_facts
 
@@ -256,6 +258,6 @@ def load_source(path: str | os.PathLike) -> Source:
         specs = [CCTSpec.from_dict(load_facts(p)["spec"]) for p in checkpoints]
         check_compatible(specs)
         return Source(specs=specs, checkpoints=checkpoints)
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, hash_files=False)  # each file hashed and checked as a backend opens it
     check_compatible(manifest.specs)
     return Source(specs=manifest.specs, manifest=manifest)

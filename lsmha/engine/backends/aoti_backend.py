@@ -114,7 +114,7 @@ def open(source: Source, options: Options) -> AotiBackend:
         where=lambda e: e.extra.get("device", "cpu") == kind,
     )
     try:
-        packages = [AotiPackage(source.manifest.path_of(e), e, source.manifest.directory) for e in entries]
+        packages = [AotiPackage(source.manifest.verified_path(e), e, source.manifest.directory) for e in entries]
     except PackageMismatch as err:
         raise BackendUnavailable(str(err)) from err
     return AotiBackend(packages, whole, len(source.specs), precision)

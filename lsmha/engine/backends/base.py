@@ -157,7 +157,7 @@ class Source:
             if paths is None and self.manifest is not None:
                 by_scope = {e.scope: e for e in self.manifest.find(format="safetensors")}
                 if all(i in by_scope for i in range(len(self.specs))):
-                    paths = [self.manifest.path_of(by_scope[i]) for i in range(len(self.specs))]
+                    paths = [self.manifest.verified_path(by_scope[i]) for i in range(len(self.specs))]
             if paths is None:
                 raise BackendUnavailable(
                     "no torch weights: the source has no models, checkpoints or safetensors files in its manifest"

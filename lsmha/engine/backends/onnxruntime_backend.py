@@ -139,5 +139,5 @@ def open(source: Source, options: Options) -> OnnxRuntimeBackend:
     """Open the exported ONNX files of `source` in ONNX Runtime (see `Options`)."""
     precision = options.precision
     entries, whole = pick_files(source, "onnx", precision, f"lsmha-export onnx --precision {precision}", "ONNX graph")
-    sessions = [OnnxSession(source.manifest.path_of(e), options.device, options.threads) for e in entries]
+    sessions = [OnnxSession(source.manifest.verified_path(e), options.device, options.threads) for e in entries]
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

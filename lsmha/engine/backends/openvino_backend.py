@@ -276,5 +276,5 @@ def open(source: Source, options: Options) -> OpenVinoBackend:
         core.set_property({"CACHE_DIR": str(options.cache_dir)})
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     chosen = choose_precision(options.precision, cpu_info(), capabilities)
-    model = keep_standardisation_f32(core, core.read_model(str(manifest.path_of(entries[0]))))
+    model = keep_standardisation_f32(core, core.read_model(str(manifest.verified_path(entries[0]))))
     return OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)

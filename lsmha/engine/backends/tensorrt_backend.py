@@ -110,7 +110,8 @@ def open(source: Source, options: Options) -> TensorRTBackend:
     index = torch.device(device).index if device else None
     index = torch.cuda.current_device() if index is None else index
     try:
-        engines = [TensorRTEngine(source.manifest.path_of(e), e, source.manifest.directory, index) for e in entries]
+        manifest = source.manifest
+        engines = [TensorRTEngine(manifest.verified_path(e), e, manifest.directory, index) for e in entries]
     except (TensorRTUnavailable, PlanMismatch) as err:
         raise BackendUnavailable(str(err)) from err
     return TensorRTBackend(engines, whole, len(source.specs), chosen)
