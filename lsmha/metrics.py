@@ -7,15 +7,20 @@ of inputs on which both are right or both are wrong (paper §4).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
-def soft_committee(member_logits: np.ndarray) -> np.ndarray:
-    """Sum of the members' raw logits: (M, N, C) -> (N, C)."""
-    member_logits = np.asarray(member_logits)
+def soft_committee(member_logits: Any) -> Any:
+    """Sum of the members' raw logits: (M, N, C) -> (N, C). The one committee sum of lsmha (only the
+    exported graphs spell it in their own ops): numpy arrays give numpy, torch tensors give torch
+    on their device (a compiler traces it), a sequence of (N, C) arrays is stacked first."""
+    if not hasattr(member_logits, "ndim"):
+        member_logits = np.asarray(member_logits)
     if member_logits.ndim != 3:
-        raise ValueError(f"expected member logits of shape (members, N, classes), got {member_logits.shape}")
-    return member_logits.sum(axis=0)
+        raise ValueError(f"expected member logits of shape (members, N, classes), got {tuple(member_logits.shape)}")
+    return member_logits.sum(0)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .artifacts import COMMITTEE, ExportManifest, FileEntry, read_manifest
+from .metrics import soft_committee
 
 if TYPE_CHECKING:
     from .engine import FileRunner, Source
@@ -156,7 +157,7 @@ def _rows_for(
         out = run(images.astype(np.float32))
         ref = refs[name]
         if scope == COMMITTEE:
-            pairs = [("logits", out["logits"], ref.sum(0))]
+            pairs = [("logits", out["logits"], soft_committee(ref))]
             if "member_logits" in out:
                 pairs.append(("member_logits", out["member_logits"], ref))
         else:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..engine.cuda_graph import CapturedGraphs, allow_recompiles, fork_join
+from ..metrics import soft_committee
 from ..models import CCT
 from .runner import Runner, require_cuda, sum_logits, to_device
 
@@ -83,10 +84,7 @@ def stock_compile_streams(models: list[CCT], device: torch.device, max_batch: in
 
     def committee(x: torch.Tensor) -> torch.Tensor:
         outs = [m(x) for m in compiled] if streams is None else fork_join(compiled, x, streams)
-        total = outs[0].float()
-        for o in outs[1:]:
-            total = total + o.float()
-        return total
+        return soft_committee(torch.stack([o.float() for o in outs]))
 
     graphs = CapturedGraphs(committee, device)
     note = f"stock compiled members, bf16 weights, one CUDA graph, {len(streams or [None])} stream(s)"

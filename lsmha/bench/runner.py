@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metrics import soft_committee
 from ..models import CCT
 
 
@@ -36,11 +37,8 @@ def to_device(device: torch.device, dtype: torch.dtype | None = None) -> Callabl
 
 
 def sum_logits(models: list[Any], x: torch.Tensor) -> torch.Tensor:
-    """The members' logits summed, in float32."""
-    out = models[0](x).float()
-    for m in models[1:]:
-        out = out + m(x).float()
-    return out
+    """The members' logits summed (`soft_committee`), in float32."""
+    return soft_committee(torch.stack([m(x).float() for m in models]))
 
 
 def require_cuda(name: str, device: torch.device) -> None:

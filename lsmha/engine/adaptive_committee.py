@@ -19,6 +19,7 @@ from typing import Any, Literal, overload
 import numpy as np
 
 from ..artifacts import COMMITTEE, ExportManifest
+from ..metrics import soft_committee
 from .adaptive import CALIBRATE_COMMAND, GRAPH_FORMAT, Calibration, Decisions, margins, read_calibration
 from .backends import Backend, BackendUnavailable, Source, open_backend
 from .committee import Committee, load_source
@@ -254,4 +255,4 @@ class AdaptiveCommittee(Committee):
 
     def full_predict(self, images: Any) -> np.ndarray:
         """The full committee's decisions (every member on every image), for comparison."""
-        return self.member_logits(images).sum(axis=0).argmax(axis=1)
+        return soft_committee(self.member_logits(images)).argmax(axis=1)

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..metrics import soft_committee
 from ..models import CCT, CCTSpec
 from ..models.layers import (
     ConvTokenizer,
@@ -373,8 +374,8 @@ class StackedCommittee(nn.Module):
         """Raw images -> (member logits (M, B, C), their sum (B, C)), float32: the whole
         committee as one function, for a compiler to see as one graph."""
         member = self.member_logits(images)
-        return member, member.sum(0)
+        return member, soft_committee(member)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Raw images -> the committee's summed logits (B, C) float32."""
-        return self.member_logits(images).sum(0)
+        return soft_committee(self.member_logits(images))

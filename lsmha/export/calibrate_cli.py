@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..cli_help import CliError, HelpFormatter
+from ..metrics import soft_committee
 from ..tables import format_table, write_json
 
 SPLIT = "val"
@@ -115,7 +116,7 @@ def calibrate_export(
     finally:
         runner.close()
     calibration = calibrate(logits, target, order)
-    full = logits.sum(axis=0).argmax(axis=1)
+    full = soft_committee(logits).argmax(axis=1)
     calibration.facts = {
         "dataset": dataset,
         "split": SPLIT,

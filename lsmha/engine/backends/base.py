@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...metrics import soft_committee
 from ...models import CCTSpec
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class Backend(abc.ABC):
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """Sum of the members' raw logits: (N, classes) float32."""
-        return self.member_logits(images).sum(axis=0)
+        return soft_committee(self.member_logits(images))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release sessions/devices (optional)."""
@@ -245,7 +246,7 @@ class FileBackend(Backend):
         if self.committee_file:
             return self.to_numpy(self.call(self.runners[0], x)[1 if want_members else 0])
         members = self.stack([self.call(r, x)[0] for r in self.runners])
-        return self.to_numpy(members if want_members else members.sum(0))
+        return self.to_numpy(members if want_members else soft_committee(members))
 
     def member_logits(self, images: np.ndarray) -> np.ndarray:
         return self._run(images, want_members=True)

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ...metrics import soft_committee
 from .base import Backend, BackendOptions, BackendUnavailable, Devices, IntRange, OneOf, Source, option
 
 NAME = "cuda-graph"
@@ -218,7 +219,7 @@ class CudaGraphCommittee:
 
     def _combine(self, outs: list[Any]) -> tuple[Any, Any]:
         member = self.program.combine(outs)
-        return member, member.sum(0)
+        return member, soft_committee(member)
 
     def _input_dtype(self, images_dtype: Any) -> Any:
         import torch

@@ -56,16 +56,6 @@ class TorchBackend(Backend):
             x = self._input(images)
             return torch.stack([m(x).float() for m in self.models]).cpu().numpy()
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            x = self._input(images)
-            total = self.models[0](x).float()
-            for m in self.models[1:]:
-                total = total + m(x).float()
-            return total.cpu().numpy()
-
 
 def open(source: Source, options: Options) -> TorchBackend:
     """Open the torch backend on `source`'s models (loaded from checkpoints or the export's safetensors)."""
