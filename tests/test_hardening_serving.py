@@ -254,6 +254,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs the POSIX open-file limit")
+@pytest.mark.slow  # a process of its own: the engine's import alone takes seconds
 def test_out_of_descriptors_logs_a_few_lines_and_keeps_answering(tmp_path):
     """With 64 descriptors and a cap above them, accepts fail (EMFILE): asyncio's traceback per
     failed accept (51.7 MB of log in 20 s) is one line per 10 s, and the connections idle longest
@@ -310,6 +311,41 @@ def test_a_stalled_body_still_gets_408(guarded):
         assert _read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
 
 
+class SlowWarmUp(StandInCommittee):
+    """Each warm-up batch takes `batch_s`; `closed` says whether the service closed it."""
+
+    def __init__(self, batch_s: float) -> None:
+        self.batch_s, self.batches, self.closed = batch_s, 0, False
+
+    def member_logits(self, images: np.ndarray) -> np.ndarray:
+        self.batches += 1
+        time.sleep(self.batch_s)
+        return super().member_logits(images)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("batch_s", [0.3, 30.0], ids=["stops between batches", "left behind past the bound"])
+def test_a_stop_during_warm_up_takes_at_most_the_shutdown_timeout(batch_s):
+    """Stopping a server whose warm-up runs (four batches) returns within --shutdown-timeout-s:
+    warm-up stops between batches (the committee closed), and a batch still running past the
+    bound is left behind (`loading_abandoned`). It waited for the whole warm-up before."""
+    committee = SlowWarmUp(batch_s)
+    service = CommitteeService(lambda: committee, ServeConfig(max_batch=4, shutdown_timeout_s=1))
+    with BackgroundServer(service) as server:
+        _wait_for(lambda: committee.batches == 1)
+        assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 503
+        start = time.monotonic()
+    took = time.monotonic() - start
+    assert not service.ready and service.failure is None
+    assert took < 1 + 1.5, took  # the bound and a margin, far below the warm-up's 4 x batch_s
+    if batch_s < 1:
+        assert committee.batches < 4 and committee.closed and not service.loading_abandoned
+    else:
+        assert service.loading_abandoned
+
+
 def _serve_cli(tmp_path: Path, port: int, patch: str) -> subprocess.Popen:
     cmd = _script(tmp_path, f"""
 import types
@@ -322,6 +358,7 @@ sys.exit(main([{str(tmp_path)!r}, "--port", "{port}", "--shutdown-timeout-s", "1
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (SIGTERM)")
+@pytest.mark.slow  # a process of its own: the engine's import alone takes seconds
 def test_sigterm_during_warm_up_exits_0_within_the_shutdown_timeout(tmp_path):
     """A warm-up batch that takes 60 s: SIGTERM ends the process within --shutdown-timeout-s 1
     (it exited 26 s late, waiting for the warm-up) with exit 0 and a line saying why."""
@@ -347,6 +384,7 @@ engine.Committee.load = staticmethod(lambda *args, **kwargs: StandInCommittee())
 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (SIGTERM)")
+@pytest.mark.slow  # a process of its own: the engine's import alone takes seconds
 def test_sigterm_before_serving_exits_0(tmp_path):
     """SIGTERM while the export is read (before uvicorn handles signals) exited 143; now 0 and one line."""
     patch = """
