@@ -28,7 +28,7 @@ PROG = "lsmha-serve"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Serve a soft committee over HTTP with the KServe v2 inference protocol "
+        description="Serve a soft committee over HTTP (and gRPC, --grpc-port) with the KServe v2 inference protocol "
         "(JSON or binary tensors), dynamic batching, limits and Prometheus metrics at /metrics.",
         formatter_class=HelpFormatter,
         epilog="SIGTERM or Ctrl-C stops the server gracefully and it exits 0; see docs/serving.md.",
