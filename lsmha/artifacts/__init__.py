@@ -4,6 +4,8 @@
 from .committee import read_committee, write_committee
 from .files import read_json_document, resolve_inside, sha256_file, write_bytes_atomic, write_json_atomic
 from .manifest import (
+    ADAPTIVE_GRAPH,
+    ADAPTIVE_GRAPH_FORMAT,
     COMMITTEE,
     MANIFEST,
     ExportManifest,
@@ -16,6 +18,8 @@ from .manifest import (
 )
 
 __all__ = [
+    "ADAPTIVE_GRAPH",
+    "ADAPTIVE_GRAPH_FORMAT",
     "COMMITTEE",
     "MANIFEST",
     "ExportManifest",

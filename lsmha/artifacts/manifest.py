@@ -27,13 +27,15 @@ from typing import Any
 
 from ..models import CCTSpec
 from ..models.spec import SpecFacts
-from .consistency import check_file, check_listing, check_specs, specs_sha256
+from .consistency import check_file, check_graph_io, check_listing, check_member_spec, check_specs, specs_sha256
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
 from .verified import check_sha256
 
 FORMAT = "lsmha-export-1"
 MANIFEST = "manifest.json"
 COMMITTEE = "committee"  # the scope of a file holding the whole committee
+ADAPTIVE_GRAPH = "adaptive.onnx"  # the calibrated adaptive committee as one graph (lsmha.export.adaptive_graph)
+ADAPTIVE_GRAPH_FORMAT = "adaptive-onnx"  # its format: never taken for the committee graph
 
 
 @dataclass(frozen=True)
@@ -172,17 +174,32 @@ class ExportManifest(SpecFacts):
         """Absolute path of an entry, refusing paths that leave the directory."""
         return resolve_inside(self.directory, entry.path)
 
-    def verified_path(self, entry: FileEntry) -> Path:
+    def verified_path(self, entry: FileEntry, check_content: bool = True) -> Path:
         """Absolute path of an entry once the file matches its sha256 and its content the member
         specs (`consistency.check_file`): the path a backend opens. Checked once per manifest,
-        hashed once per process; ValueError / FileNotFoundError naming the file otherwise."""
+        hashed once per process; ValueError / FileNotFoundError naming the file otherwise.
+        `check_content=False`: the caller checks the content from its own read of the file
+        (`check_loaded_spec` for weights, `check_loaded_io` for a graph)."""
         path = self.path_of(entry)
         if entry.path not in self._checked:
             source = self.directory / MANIFEST
             check_sha256(path, entry.sha256, f"{source}: {entry.path}")
-            check_file(self, entry, source)
-            self._checked.add(entry.path)
+            if check_content:
+                check_file(self, entry, source)
+                self._checked.add(entry.path)
         return path
+
+    def check_loaded_spec(self, entry: FileEntry, spec: CCTSpec) -> None:
+        """ValueError unless `spec`, read from member weights `entry` by their loader, is the
+        manifest's spec of that member: `verified_path(entry, check_content=False)`'s other half."""
+        check_member_spec(self, entry, spec, self.directory / MANIFEST)
+        self._checked.add(entry.path)
+
+    def check_loaded_io(self, entry: FileEntry, actual: dict[str, Any]) -> None:
+        """ValueError unless a graph's inputs and outputs as its runtime read them (`actual`: name ->
+        shape) are the ones `entry` declares: `verified_path(entry, check_content=False)`'s other half."""
+        check_graph_io(entry, actual, self.directory / MANIFEST)
+        self._checked.add(entry.path)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -35,8 +35,6 @@ import numpy as np
 from ..models import CCTSpec, count_macs
 
 CALIBRATION_FILE = "adaptive.json"
-GRAPH_FILE = "adaptive.onnx"  # the calibrated rule as one ONNX graph (lsmha.export.adaptive_graph)
-GRAPH_FORMAT = "adaptive-onnx"
 CALIBRATION_FORMAT = "lsmha-adaptive-1"
 CALIBRATE_COMMAND = "lsmha-export calibrate DIR --dataset NAME"
 

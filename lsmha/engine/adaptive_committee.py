@@ -18,9 +18,9 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
-from ..artifacts import COMMITTEE, ExportManifest
+from ..artifacts import ADAPTIVE_GRAPH_FORMAT, COMMITTEE, ExportManifest
 from ..metrics import soft_committee
-from .adaptive import CALIBRATE_COMMAND, GRAPH_FORMAT, Calibration, Decisions, margins, read_calibration
+from .adaptive import CALIBRATE_COMMAND, Calibration, Decisions, margins, read_calibration
 from .backends import Backend, BackendUnavailable, Source, open_backend
 from .committee import Committee, load_source
 from .inputs import check_images
@@ -74,10 +74,10 @@ class MemberBackends(Backend):
 def open_graph(
     source: Source, calibration: Calibration, backend: str, trust_native: bool, **options: Any
 ) -> Backend | None:
-    """The export's adaptive graph (`GRAPH_FILE`) opened on `backend` as a committee of one, or
+    """The export's adaptive graph (`ADAPTIVE_GRAPH`) opened on `backend` as a committee of one, or
     None where the export has none for `calibration` (order and thresholds) or `backend` cannot
     run it in one session (then the members run one by one)."""
-    entries = source.manifest.find(format=GRAPH_FORMAT) if source.manifest is not None else []
+    entries = source.manifest.find(format=ADAPTIVE_GRAPH_FORMAT) if source.manifest is not None else []
     wanted = calibration.to_dict()
     if (
         not entries

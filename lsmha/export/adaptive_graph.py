@@ -13,7 +13,7 @@ the calibrated order on the rows still undecided only, so a batch gets cheaper a
 is easy, and a batch of one stops at the first confident stage. The thresholds and the order
 are constants of the graph: it is written by `lsmha-export calibrate` from the member graphs
 (`member<i>.onnx`, fp32) together with `adaptive.json`, and listed in the manifest with format
-`adaptive-onnx` (`GRAPH_FORMAT`), so the full-committee backends never take it for the committee graph.
+`adaptive-onnx` (`ADAPTIVE_GRAPH_FORMAT`), so the full-committee backends never take it for the committee graph.
 
 Inputs: `images` float32 (N, C, H, W) raw pixels, as the member graphs. Outputs: `logits`
 (N, classes) float32, each row the partial sum over the members that ran for it (its argmax
@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..engine.adaptive import CALIBRATE_COMMAND, GRAPH_FILE, GRAPH_FORMAT
+from ..artifacts import ADAPTIVE_GRAPH, ADAPTIVE_GRAPH_FORMAT
 
 INPUTS = ("images",)
 OUTPUTS = ("logits", "members_run")
@@ -163,7 +163,7 @@ def adaptive_graph(members: Sequence[Any], order: Sequence[int], thresholds: Seq
 
 def write_adaptive_graph(directory: str | os.PathLike, calibration: Any) -> Path:
     """Build the adaptive graph of the export in `directory` from its fp32 member graphs
-    (`member<i>.onnx`) and `calibration`'s order and thresholds, write `GRAPH_FILE` (atomically)
+    (`member<i>.onnx`) and `calibration`'s order and thresholds, write `ADAPTIVE_GRAPH` (atomically)
     and list it, hashed, in the manifest with the order and thresholds it holds (an earlier
     one is replaced); the path written."""
     import onnx
@@ -175,15 +175,15 @@ def write_adaptive_graph(directory: str | os.PathLike, calibration: Any) -> Path
     missing = [i for i in range(len(manifest.specs)) if i not in paths]
     if missing:
         raise ValueError(
-            f"{manifest.directory} lacks fp32 member graphs for members {missing}; run `{CALIBRATE_COMMAND}`"
+            f"{manifest.directory} lacks fp32 member graphs for members {missing}; run `lsmha-export calibrate`"
         )
     model = adaptive_graph(
         [onnx.load(str(paths[i])) for i in range(len(manifest.specs))], calibration.order, calibration.thresholds
     )
-    path = write_bytes_atomic(Path(manifest.directory) / GRAPH_FILE, model.SerializeToString())
+    path = write_bytes_atomic(Path(manifest.directory) / ADAPTIVE_GRAPH, model.SerializeToString())
     spec = manifest.specs[0]
     entry = file_entry(
-        manifest.directory, GRAPH_FILE, format=GRAPH_FORMAT, precision="fp32", scope=COMMITTEE,
+        manifest.directory, ADAPTIVE_GRAPH, format=ADAPTIVE_GRAPH_FORMAT, precision="fp32", scope=COMMITTEE,
         inputs=[TensorInfo("images", "float32", ("batch", spec.in_chans, spec.img_size, spec.img_size))],
         outputs=[TensorInfo("logits", "float32", ("batch", spec.num_classes)),
                  TensorInfo("members_run", "int64", ("batch",))],
