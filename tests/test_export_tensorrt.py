@@ -263,3 +263,27 @@ def test_plan_builds_reloads_and_matches_torch(tmp_path, tiny_spec):
         ref = torch.stack([m(torch.from_numpy(images)) for m in members]).numpy()
     np.testing.assert_allclose(committee.member_logits(images), ref, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(committee.predict_logits(images), ref.sum(0), rtol=1e-3, atol=1e-3)
+
+
+def test_weakly_typed_builds_keep_the_standardisation_in_float32():
+    """With FP16 / BF16 builder flags on the fp32 graph, every layer before the first convolution
+    (constants aside) is constrained to float32; the convolution and what follows are left free."""
+    from types import SimpleNamespace
+
+    from lsmha.export.tensorrt import keep_standardisation_f32
+
+    kinds = SimpleNamespace(CONVOLUTION="conv", CONSTANT="const")
+    trt = SimpleNamespace(LayerType=kinds, float32="f32")
+
+    class Layer:
+        def __init__(self, type_, outputs=1):
+            self.type, self.num_outputs, self.precision, self.outputs = type_, outputs, None, {}
+
+        def set_output_type(self, index, dtype):
+            self.outputs[index] = dtype
+
+    layers = [Layer(t) for t in ("reduce", "const", "elementwise", "reduce", "unary", "elementwise", "conv", "act")]
+    network = SimpleNamespace(num_layers=len(layers), get_layer=layers.__getitem__)
+    assert keep_standardisation_f32(network, trt) == 5
+    assert [layer.precision for layer in layers] == ["f32", None, "f32", "f32", "f32", "f32", None, None]
+    assert all(layer.outputs == ({0: "f32"} if layer.precision else {}) for layer in layers)

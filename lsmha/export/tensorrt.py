@@ -106,6 +106,26 @@ def build_recipe(trt_version: str, precision: str, onnx_precisions: Iterable[str
     )
 
 
+def keep_standardisation_f32(network: Any, trt: Any) -> int:
+    """Constrain the layers before the first convolution (the per-image standardisation: mean,
+    centring, std, division) to run and write float32, for a weakly typed build whose FP16 / BF16
+    flags would otherwise let TensorRT lower them: raw pixels far from zero (+10,000) lose their
+    detail in fp16 or bf16 before their mean is subtracted. Constant layers are left free.
+    Returns how many layers were constrained."""
+    kept = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.CONVOLUTION:
+            break
+        if layer.type == trt.LayerType.CONSTANT:
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+        kept += 1
+    return kept
+
+
 def plan_name(scope: str | int, precision: str) -> str:
     """`committee.fp16.plan`, `member0.fp32.plan`, ..."""
     stem = COMMITTEE if scope == COMMITTEE else f"member{scope}"
@@ -152,6 +172,8 @@ def build_plan(
     config = builder.create_builder_config()
     for name in recipe.flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if recipe.flags and keep_standardisation_f32(network, trt):
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     if recipe.clear_tf32 and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)
     if workspace_mib is not None:
