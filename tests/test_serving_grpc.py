@@ -255,29 +255,64 @@ class SlowCommittee:
         pass
 
 
-def test_shutdown_drains_grpc_calls_in_flight():
-    """On shutdown a gRPC call already running is answered before the batcher stops; the port then
-    refuses new calls (UNAVAILABLE)."""
+def test_not_ready_queue_full_deadline_and_shutdown_over_grpc():
+    """The server's states as gRPC statuses, on a stand-in committee whose batch takes 1 s: not
+    ready yet is UNAVAILABLE (liveness answers); a full queue is UNAVAILABLE naming --max-queue; a
+    passed client deadline is DEADLINE_EXCEEDED, counted as a timeout; on shutdown a call already
+    running is answered before the batcher stops, and the port then refuses calls."""
     import threading
     import time
 
-    config = ServeConfig(max_batch=4, warmup=False, shutdown_timeout_s=10)
-    server = BackgroundServer(CommitteeService(lambda: SlowCommittee(1.0), config), grpc=True)
+    release = threading.Event()
+
+    def load():
+        assert release.wait(timeout=60)
+        return SlowCommittee(1.0)
+
+    config = ServeConfig(max_batch=1, max_delay_ms=0, max_queue=1, warmup=False, shutdown_timeout_s=10)
+    server = BackgroundServer(CommitteeService(load, config), grpc=True)
     request = _request([1, 32, 32, 3], raw=bytes(3072)).SerializeToString()
-    answers = []
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    answers, refusals = [], []
+
+    def infer(timeout=30):
+        try:
+            answers.append(_call(ch, "ModelInfer", request, timeout=timeout))
+        except grpc.RpcError as err:
+            refusals.append((err.code(), err.details()))
+
     with server:
-        server.wait_ready()
         ch = grpc.insecure_channel(server.grpc_target)
-        call = threading.Thread(target=lambda: answers.append(_call(ch, "ModelInfer", request)))
-        call.start()
-        while not server.service.batcher.stats.batches and not server.service.batcher._pending:
-            time.sleep(0.01)  # the call reached the queue
-        time.sleep(0.1)
-    call.join(timeout=30)
-    assert len(answers) == 1 and len(pb.ModelInferResponse.FromString(answers[0]).raw_output_contents) == 2
+        assert pb.ServerLiveResponse.FromString(_call(ch, "ServerLive", b"")).live
+        assert not pb.ServerReadyResponse.FromString(_call(ch, "ServerReady", b"")).ready
+        for method, message in [("ModelInfer", request), ("ModelConfig", pb.ModelConfigRequest(name=NAME))]:
+            with pytest.raises(grpc.RpcError) as err:
+                _call(ch, method, message if isinstance(message, bytes) else message.SerializeToString())
+            assert err.value.code() == unavailable and "still loading" in err.value.details()
+        release.set()
+        server.wait_ready()
+
+        with pytest.raises(grpc.RpcError) as err:
+            _call(ch, "ModelInfer", request, timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while server.service.metrics.value("lsmha_errors_total", kind="timeout") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+        calls = [threading.Thread(target=infer) for _ in range(4)]  # one runs, one waits, the rest are refused
+        for c in calls:
+            c.start()
+            time.sleep(0.05)
+        time.sleep(0.2)
+    for c in calls:
+        c.join(timeout=30)
+    assert [details for code, details in refusals if code == unavailable and "max_queue=1" in details], refusals
+    assert len(answers) >= 1 and len(pb.ModelInferResponse.FromString(answers[0]).raw_output_contents) == 2
+    assert len(answers) + len(refusals) == 4
     with pytest.raises(grpc.RpcError) as err:
         _call(ch, "ServerLive", b"", timeout=5)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert err.value.code() == unavailable
     ch.close()
 
 
