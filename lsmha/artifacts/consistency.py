@@ -71,8 +71,13 @@ def check_file(manifest: ExportManifest, entry: FileEntry, source: Path) -> None
 def _check_member_weights(manifest: ExportManifest, entry: FileEntry, source: Path) -> None:
     from ..models.checkpoint import load_facts
 
+    check_member_spec(manifest, entry, CCTSpec.from_dict(load_facts(manifest.path_of(entry))["spec"]), source)
+
+
+def check_member_spec(manifest: ExportManifest, entry: FileEntry, stored: CCTSpec, source: Path) -> None:
+    """ValueError unless `stored`, the spec in member weights `entry`, is the manifest's spec of
+    that member (a loader that has read the file passes the spec it found)."""
     i, spec = entry.scope, manifest.specs[entry.scope]
-    stored = CCTSpec.from_dict(load_facts(manifest.path_of(entry))["spec"])
     if stored != spec:
         theirs = stored.to_dict()
         diff = {k: (v, theirs[k]) for k, v in spec.to_dict().items() if theirs[k] != v and k != "name"}
@@ -110,7 +115,12 @@ def _check_onnx_graph(path: Path, entry: FileEntry, source: Path) -> None:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    actual = {v.name: _onnx_shape(v) for v in (*graph.input, *graph.output)}
+    check_graph_io(entry, {v.name: _onnx_shape(v) for v in (*graph.input, *graph.output)}, source)
+
+
+def check_graph_io(entry: FileEntry, actual: dict[str, Sequence[int | str | None]], source: Path) -> None:
+    """ValueError unless a graph's inputs and outputs (`actual`: name -> shape, a dynamic axis as a
+    name or None) are the ones `entry` declares (a runtime that has read the graph passes its own view)."""
     for t in (*entry.inputs, *entry.outputs):
         if t.name not in actual:
             raise ValueError(f"{source}: {entry.path} has no tensor {t.name!r} (it has {sorted(actual)}); refusing it")

@@ -47,10 +47,16 @@ class Committee(SpecFacts):
                 raise TypeError(f"Committee expects lsmha CCT models, member {i} is {type(m).__name__}")
         specs = [m.spec for m in models]
         check_compatible(specs)
-        self._setup(specs, open_backend("torch", Source(specs=specs, models=models), device=device), batch_size)
+        self._open(Source(specs=specs, models=models), "torch", batch_size, device=device)
+
+    def _open(self, source: Source, backend: str, batch_size: int, **options: Any) -> None:
+        """Open `backend` on `source` (`open_backend`) and attach it: the one way `__init__` and
+        `load` build a committee (docs/engine.md walks it)."""
+        self._setup(source.specs, open_backend(backend, source, **options), batch_size)
 
     def _setup(self, specs: list[CCTSpec], runner: Backend, batch_size: int) -> None:
-        """Attach an opened backend: the one step every constructor ends in."""
+        """Attach an opened backend: the one step every constructor ends in (`_open`, and the
+        adaptive committee with its per-member backends)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if runner.num_members != len(specs):
@@ -82,8 +88,9 @@ class Committee(SpecFacts):
         """Load a committee from a `committee.json` (checkpoints) or an export
         directory's `manifest.json` (or a directory holding either).
 
-        The manifest is read and checked once, hashes are verified and paths leaving the
-        directory refused; a `Source` from `load_source` is taken as it is.
+        The manifest is read and checked once and paths leaving the directory refused; each file
+        the backend opens is hashed (once per process) and checked as it opens it, files it does
+        not open are never read; a `Source` from `load_source` is taken as it is.
 
         Args:
             path: a manifest file, a directory with `manifest.json` or `committee.json`, or a `Source`.
@@ -110,7 +117,7 @@ class Committee(SpecFacts):
             return AdaptiveCommittee.load(path, backend, batch_size=batch_size, trust_native=trust_native, **options)
         source = path if isinstance(path, Source) else load_source(path)
         self = cls.__new__(cls)
-        self._setup(source.specs, open_backend(backend, source, trust_native=trust_native, **options), batch_size)
+        self._open(source, backend, batch_size, trust_native=trust_native, **options)
         return self
 
     # -- facts ---------------------------------------------------------------------------------
@@ -226,10 +233,11 @@ class ClosedBackend(Backend):
 def load_source(path: str | os.PathLike) -> Source:
     """A backend `Source` from an export `manifest.json`, a `committee.json`, or a
     directory holding one (manifest.json preferred). A committee.json's checkpoints are hashed
-    here (the torch backend opens them all); an export's files when a backend opens them
-    (`ExportManifest.verified_path`), so files it does not open are never read."""
+    and loaded here (only the torch backends run them); an export's files are hashed and
+    checked when a backend opens them (`ExportManifest.verified_path`), so files it does not
+    open are never read."""
     from ..artifacts import MANIFEST, read_committee, read_manifest
-    from ..models import load_facts
+    from ..models import load
 
     path = Path(path)
     if path.is_dir():
@@ -253,11 +261,12 @@ def load_source(path: str | os.PathLike) -> Source:
                 f"{path} is {file_kind(path)}, expected an export directory (with manifest.json), "
                 "its manifest.json, or a committee.json"
             ) from err
-    if fmt == "lsmha-committee-1":
+    if fmt == "lsmha-committee-1":  # only torch runs checkpoints: load them now, each file read once
         _, checkpoints = read_committee(path)
-        specs = [CCTSpec.from_dict(load_facts(p)["spec"]) for p in checkpoints]
+        models = [load(p) for p in checkpoints]
+        specs = [m.spec for m in models]
         check_compatible(specs)
-        return Source(specs=specs, checkpoints=checkpoints)
+        return Source(specs=specs, models=models, checkpoints=checkpoints)
     manifest = read_manifest(path, hash_files=False)  # each file hashed and checked as a backend opens it
     check_compatible(manifest.specs)
     return Source(specs=manifest.specs, manifest=manifest)

@@ -154,16 +154,19 @@ class Source:
         if self._loaded is None:
             from ...models import load
 
-            paths = self.checkpoints
-            if paths is None and self.manifest is not None:
-                by_scope = {e.scope: e for e in self.manifest.find(format="safetensors")}
-                if all(i in by_scope for i in range(len(self.specs))):
-                    paths = [self.manifest.verified_path(by_scope[i]) for i in range(len(self.specs))]
-            if paths is None:
+            if self.checkpoints is not None:
+                self._loaded = [load(p) for p in self.checkpoints]
+                return self._loaded
+            by_scope = {e.scope: e for e in self.manifest.find(format="safetensors")} if self.manifest else {}
+            if not all(i in by_scope for i in range(len(self.specs))):
                 raise BackendUnavailable(
                     "no torch weights: the source has no models, checkpoints or safetensors files in its manifest"
                 )
-            self._loaded = [load(p) for p in paths]
+            entries = [by_scope[i] for i in range(len(self.specs))]
+            loaded = [load(self.manifest.verified_path(e, check_content=False)) for e in entries]
+            for entry, model in zip(entries, loaded, strict=True):  # the spec each file held, read once
+                self.manifest.check_loaded_spec(entry, model.spec)
+            self._loaded = loaded
         return self._loaded
 
 

@@ -103,6 +103,7 @@ class OnnxSession:
         self.provider = self.session.get_providers()[0]
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
+        self.shapes = {t.name: tuple(t.shape) for t in (*self.session.get_inputs(), *self.session.get_outputs())}
         self.on_cuda = self.provider == "CUDAExecutionProvider"
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
@@ -139,5 +140,11 @@ def open(source: Source, options: Options) -> OnnxRuntimeBackend:
     """Open the exported ONNX files of `source` in ONNX Runtime (see `Options`)."""
     precision = options.precision
     entries, whole = pick_files(source, "onnx", precision, f"lsmha-export onnx --precision {precision}", "ONNX graph")
-    sessions = [OnnxSession(source.manifest.verified_path(e), options.device, options.threads) for e in entries]
+    manifest = source.manifest
+    sessions = []
+    for entry in entries:  # each graph parsed once: its inputs and outputs checked as ONNX Runtime read them
+        sessions.append(
+            OnnxSession(manifest.verified_path(entry, check_content=False), options.device, options.threads)
+        )
+        manifest.check_loaded_io(entry, sessions[-1].shapes)
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

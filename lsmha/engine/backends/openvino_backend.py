@@ -210,6 +210,14 @@ class OpenVinoBackend(Backend):
         self.graphs = {}
 
 
+def graph_io(model: Any) -> dict[str, tuple[int | str, ...]]:
+    """The model's inputs and outputs as read: name -> shape, a dynamic axis as "?"."""
+    return {
+        port.get_any_name(): tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
+        for port in (*model.inputs, *model.outputs)
+    }
+
+
 def standardisation_nodes(model: Any) -> list[Any]:
     """The nodes from the model's inputs up to (not including) the first `F32_UNTIL` nodes on every
     path: the per-image standardisation (mean, centring, std, division) of the exported graph."""
@@ -276,5 +284,7 @@ def open(source: Source, options: Options) -> OpenVinoBackend:
         core.set_property({"CACHE_DIR": str(options.cache_dir)})
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     chosen = choose_precision(options.precision, cpu_info(), capabilities)
-    model = keep_standardisation_f32(core, core.read_model(str(manifest.verified_path(entries[0]))))
+    model = core.read_model(str(manifest.verified_path(entries[0], check_content=False)))
+    manifest.check_loaded_io(entries[0], graph_io(model))  # the graph parsed once, by OpenVINO
+    model = keep_standardisation_f32(core, model)
     return OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)
