@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli_help import CliError, HelpFormatter
 from ..serving.triton import DEFAULT_NAME, KINDS, write_triton_repository
+from ..serving.triton_pixels import PIXELS_SUFFIX, TO_NCHW_SUFFIX
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,8 +48,10 @@ def cmd_triton(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError) as err:
         raise CliError.usage(str(err)) from err
-    files = sorted(p.relative_to(args.out).as_posix() for p in model_dir.rglob("*") if p.is_file())
-    print(f"wrote Triton model {args.name!r} to {model_dir}:")
+    # the committee, and the ensemble for UINT8 NHWC images with its preprocessing model beside it
+    models = [model_dir.parent / (args.name + suffix) for suffix in ("", PIXELS_SUFFIX, TO_NCHW_SUFFIX)]
+    files = sorted(p.relative_to(args.out).as_posix() for m in models for p in m.rglob("*") if p.is_file())
+    print(f"wrote Triton models {', '.join(m.name for m in models)} to {model_dir.parent}:")
     for f in files:
         print(f"  {f}")
     ports = "-p 8000:8000 -p 8001:8001 -p 8002:8002"  # HTTP, gRPC, metrics
