@@ -13,7 +13,13 @@ ROOT = Path(__file__).resolve().parent
 
 def compile_protos() -> None:
     """Write lsmha/serving/proto/NAME_pb2.py beside each NAME.proto."""
-    from grpc_tools import protoc
+    try:
+        from grpc_tools import protoc
+    except ImportError as err:
+        raise RuntimeError(
+            "building lsmha needs grpcio-tools (a build requirement in pyproject.toml): build with pip's default "
+            "isolation, or pip install 'grpcio-tools~=1.76.0' before --no-build-isolation"
+        ) from err
 
     for proto in sorted((ROOT / "lsmha" / "serving" / "proto").glob("*.proto")):
         if protoc.main(["protoc", f"--proto_path={ROOT}", f"--python_out={ROOT}", str(proto)]) != 0:
