@@ -13,7 +13,7 @@ import torch
 
 from lsmha.artifacts import read_manifest
 from lsmha.bench.cli import main as bench_main
-from lsmha.engine import Committee, available_backends
+from lsmha.engine import BackendUnavailable, Committee, available_backends
 from lsmha.engine.adaptive import Calibration, apply_rule, margins, partial_sums, read_calibration, write_calibration
 from lsmha.engine.adaptive_committee import AdaptiveCommittee
 from lsmha.export.adaptive_graph import write_adaptive_graph
@@ -253,3 +253,45 @@ def test_bench_latency_adds_the_adaptive_rows(calibrated, tmp_path, capsys):
     assert adaptive["backends"]["adaptive"].endswith(", one graph]")  # calibrate wrote adaptive.onnx
     assert adaptive["batch1_images"] == 200 and adaptive["batch1_rounds"] == 2
     assert bench_main([*args[:-2], "--adaptive", str(tmp_path / "none"), "--json", str(report)]) == 2
+
+
+def test_openvino_int8_is_written_measured_and_taken_by_auto_only_where_it_paid(calibrated, tmp_path):
+    """NNCF int8 of the committee graph: both IR files listed and hashed, agreement with fp32 and
+    speed on this CPU kind in the entry; precision "int8" opens it; "auto" only with a true
+    verdict for this CPU kind; an export without it names the command that writes it."""
+    if available_backends()["openvino"]:
+        pytest.skip(available_backends()["openvino"])
+    pytest.importorskip("nncf", reason="int8 for OpenVINO needs nncf: pip install nncf")
+    from lsmha.artifacts import add_entries, file_entry
+    from lsmha.engine.cpu import cpu_info
+    from lsmha.engine.openvino_int8 import INT8_IR, cpu_key, quantize_openvino_int8
+    from lsmha.training import load_dataset
+
+    out, _ = calibrated
+    copy = tmp_path / "export"
+    shutil.copytree(out, copy)
+    with pytest.raises(BackendUnavailable, match="--int8"):
+        Committee.load(copy, "openvino", precision="int8")
+    val = load_dataset("digits", "val")[0].numpy().astype(np.float32)
+    info = quantize_openvino_int8(copy, val[:64], val, {"dataset": "digits", "split": "val"})
+    manifest = read_manifest(copy)  # both files hashed and verified
+    (entry,) = manifest.find(format="openvino-ir")
+    assert entry.path == INT8_IR and manifest.find(format="openvino-ir-weights")[0].path == "committee.int8.bin"
+    assert entry.extra["agreement_fp32"] == info["agreement_fp32"] and 0.5 <= info["agreement_fp32"] <= 1.0
+    measured = info["measured"][cpu_key(cpu_info())]
+    assert measured["auto"] == (
+        info["agreement_fp32"] >= 0.995 and min(measured[b]["speedup"] for b in ("b1", "b32")) > 1
+    )
+    int8 = Committee.load(copy, "openvino", precision="int8")
+    assert "int8+" in int8.backend
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8)
+    assert int8.predict_logits(images).shape == (8, 10)
+    for verdict in (True, False):  # auto follows the verdict recorded for this CPU kind
+        extra = {**entry.extra, "measured": {cpu_key(cpu_info()): {**measured, "auto": verdict}}}
+        add_entries(
+            copy, [file_entry(copy, INT8_IR, format="openvino-ir", precision="int8", scope="committee", **extra)]
+        )
+        assert ("int8+" in Committee.load(copy, "openvino").backend) == verdict
+    extra = {**entry.extra, "measured": {"avx2: another CPU": {**measured, "auto": True}}}
+    add_entries(copy, [file_entry(copy, INT8_IR, format="openvino-ir", precision="int8", scope="committee", **extra)])
+    assert "int8+" not in Committee.load(copy, "openvino").backend  # not measured on this CPU kind

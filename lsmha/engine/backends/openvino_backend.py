@@ -42,7 +42,7 @@ from .base import AnyPath, Backend, BackendOptions, BackendUnavailable, Devices,
 
 NAME = "openvino"
 MIN_VERSION = (2025, 1)  # the pyproject floor: reads the export's opset-23 Attention
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 MODES = ("auto", "latency", "throughput")
 THROUGHPUT_FROM = 8  # images per call from which mode "auto" takes the throughput graph
 INSTALL = "pip install -U openvino"
@@ -52,7 +52,9 @@ F32_UNTIL = "Convolution"  # the standardisation is everything from the input up
 
 @dataclass(frozen=True)
 class Options(BackendOptions):
-    """precision: "auto" (bf16 with AMX or AVX512_BF16, else f32), "fp32" or "bf16"; device: the
+    """precision: "auto" (bf16 with AMX or AVX512_BF16, else f32; the export's int8 graph where it
+    was measured to pay on this CPU kind: `lsmha.engine.openvino_int8`), "fp32", "bf16" or "int8"
+    (the NNCF int8 graph `lsmha-export calibrate --int8` writes); device: the
     CPU only; mode: "auto" (latency below `THROUGHPUT_FROM` images a call, throughput from
     there), "latency" (one request) or "throughput" (streams, a request pool); threads:
     INFERENCE_NUM_THREADS (None: the plugin's choice, one per physical core); cache_dir:
@@ -282,8 +284,18 @@ def open(source: Source, options: Options) -> OpenVinoBackend:
     core = ov.Core()
     if options.cache_dir is not None:
         core.set_property({"CACHE_DIR": str(options.cache_dir)})
+    from ..openvino_int8 import pick_int8
+
     capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    chosen = choose_precision(options.precision, cpu_info(), capabilities)
+    cpu = cpu_info()
+    int8 = pick_int8(manifest, options.precision, cpu)
+    chosen = choose_precision("auto" if options.precision == "int8" else options.precision, cpu, capabilities)
+    if int8 is not None:  # the quantized graph; what is not quantized runs in `chosen`
+        graph, weights = (str(manifest.verified_path(e)) for e in int8)
+        model = keep_standardisation_f32(core, core.read_model(graph, weights))
+        backend = OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)
+        backend.name = backend.name.replace("CPU,", "CPU,int8+")
+        return backend
     model = core.read_model(str(manifest.verified_path(entries[0], check_content=False)))
     manifest.check_loaded_io(entries[0], graph_io(model))  # the graph parsed once, by OpenVINO
     model = keep_standardisation_f32(core, model)
