@@ -343,7 +343,7 @@ class StackedCommittee(nn.Module):
         specs = [m.spec for m in models]
         groups = [[i] for i in range(len(models))] if stack == "off" else group_members(specs, by=stack)
         self.groups = groups
-        self.standardize = Standardize()
+        self.standardize = Standardize(models[0].standardize.eps)  # every member standardises alike
         self.units = nn.ModuleList(
             StackedCCT([models[i] for i in g], sdpa, bias) if len(g) > 1 else MemberUnit(models[g[0]]) for g in groups
         )
