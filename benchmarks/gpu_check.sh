@@ -10,7 +10,7 @@
 # with no log and nothing written under $RESULTS_DIR (nothing was measured).
 #
 # Steps in priority order, all within TOTAL_S seconds (default 420):
-# 1. `python -m lsmha.bench.gpu` (lsmha-bench gpu): the fair stock baselines (bf16 weights, compiled,
+# 1. `python -m lsmha.bench.gpu_cli` (lsmha-bench gpu): the fair stock baselines (bf16 weights, compiled,
 #    CUDA graphs; a committee's members on their own streams) and the cuda-graph engine for the rows
 #    of the committee/baseline ratios first, interleaved over 3 rounds; then the other batches, eager
 #    bf16, and the engine's levers at batch 1. It gets what TOTAL_S leaves after the reserves of steps
@@ -82,8 +82,8 @@ bench_left=$(($(left) - TESTS_S - TRAIN_S - 3 * KILL_S))
 deadline=$((bench_left - 15))  # the estimates' margin: SIGTERM at $bench_left drops a job that overran
 bench_status="skipped (only ${bench_left} s left of TOTAL_S=${TOTAL_S})"
 if [ "$bench_left" -ge 120 ]; then
-    echo "== 1/4 bench: python -m lsmha.bench.gpu --deadline $deadline (hard limit ${bench_left} s)"
-    timeout --preserve-status -k "$KILL_S" "$bench_left" "$PYTHON" -m lsmha.bench.gpu --deadline "$deadline" \
+    echo "== 1/4 bench: python -m lsmha.bench.gpu_cli --deadline $deadline (hard limit ${bench_left} s)"
+    timeout --preserve-status -k "$KILL_S" "$bench_left" "$PYTHON" -m lsmha.bench.gpu_cli --deadline "$deadline" \
         --results-dir "$RESULTS_DIR" 2>&1 | tee "$work/bench.txt"
     bench_rc=${PIPESTATUS[0]}
     case $bench_rc in

@@ -67,7 +67,7 @@ def _build(prog: str) -> argparse.ArgumentParser:
     return importlib.import_module(PARSERS[prog].__module__).build_parser()
 
 
-@pytest.mark.parametrize("prog", [*PARSERS, "python -m lsmha.bench.gpu"])
+@pytest.mark.parametrize("prog", [*PARSERS, "python -m lsmha.bench.gpu_cli"])
 def test_no_parser_takes_an_abbreviated_option(prog, capsys):
     if prog.startswith("python"):
         from lsmha.bench import gpu_cli

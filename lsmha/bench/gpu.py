@@ -1,4 +1,4 @@
-"""The run behind `lsmha-bench gpu` (`python -m lsmha.bench.gpu`): what it measures and its
+"""The run behind `lsmha-bench gpu` (`python -m lsmha.bench.gpu_cli`): what it measures and its
 options are in `lsmha.bench.gpu_cli`, which imports this module (and torch) once the arguments
 are parsed."""
 
@@ -233,9 +233,3 @@ def cmd_gpu(args: argparse.Namespace) -> int:
     if not result["complete"]:
         print("not all rows of the committee/baseline ratios were measured", file=sys.stderr)
     return 0 if result["complete"] and not result["errors"] else 1
-
-
-if __name__ == "__main__":
-    from .gpu_cli import main
-
-    sys.exit(main())

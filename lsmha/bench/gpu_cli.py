@@ -24,6 +24,7 @@ Exit: 0 the ratios' rows were measured and no job failed (jobs dropped for time 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cli_help import HelpFormatter, finish_parser, parse_args, run_command
@@ -72,7 +73,11 @@ def add_gpu_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lsmha.bench.gpu", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lsmha.bench.gpu_cli", description=__doc__,
                                      formatter_class=HelpFormatter)  # fmt: skip
     add_arguments(parser)
-    return run_command("python -m lsmha.bench.gpu", cmd_gpu, parse_args(finish_parser(parser), argv))
+    return run_command("python -m lsmha.bench.gpu_cli", cmd_gpu, parse_args(finish_parser(parser), argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
