@@ -29,7 +29,7 @@ from ..models import CCTSpec
 from ..models.spec import SpecFacts
 from .consistency import check_file, check_graph_io, check_listing, check_member_spec, check_specs, specs_sha256
 from .files import read_json_document, resolve_inside, sha256_file, write_json_atomic
-from .verified import check_sha256
+from .verified import check_sha256, read_checked
 
 FORMAT = "lsmha-export-1"
 MANIFEST = "manifest.json"
@@ -188,6 +188,12 @@ class ExportManifest(SpecFacts):
                 check_file(self, entry, source)
                 self._checked.add(entry.path)
         return path
+
+    def verified_bytes(self, entry: FileEntry) -> bytes:
+        """The content of an entry's file once it matches its sha256, for a runtime that parses
+        bytes: one read for the hash and the parse. The caller checks what it parsed
+        (`check_loaded_io`)."""
+        return read_checked(self.path_of(entry), entry.sha256, f"{self.directory / MANIFEST}: {entry.path}")
 
     def check_loaded_spec(self, entry: FileEntry, spec: CCTSpec) -> None:
         """ValueError unless `spec`, read from member weights `entry` by their loader, is the

@@ -9,6 +9,7 @@ that was replaced or rewritten since is hashed again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -29,6 +30,28 @@ def file_sha256(path: str | os.PathLike) -> str:
     if digest is None:
         digest = _digests[key] = files.sha256_file(key[0])
     return digest
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes already in memory."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_checked(path: str | os.PathLike, expected: str, what: str) -> bytes:
+    """The content of the file at `path` once it hashes to `expected`: one read serves the check
+    and the caller's parse. Hashed once per process as `file_sha256` is (the digests are shared);
+    ValueError / FileNotFoundError naming `what` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} is missing")
+    key = _identity(path.resolve())
+    data = path.read_bytes()
+    digest = _digests.get(key)
+    if digest is None:
+        digest = _digests[key] = sha256_bytes(data)
+    if digest != expected:
+        raise ValueError(f"{what} does not match its sha256 (modified or corrupt); refusing it")
+    return data
 
 
 def check_sha256(path: str | os.PathLike, expected: str, what: str) -> Path:

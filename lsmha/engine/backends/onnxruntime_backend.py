@@ -86,18 +86,26 @@ class OnnxSession:
     file on disk, whose hash the manifest holds, is untouched.
     """
 
-    def __init__(self, path: Path, device: str | None = None, threads: int | None = None, rewrite: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        device: str | None = None,
+        threads: int | None = None,
+        rewrite: bool = True,
+        data: bytes | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         self.path = path
         self.rewritten = 0
-        model: str | bytes = str(path)
+        model: str | bytes = str(path) if data is None else data  # `data`: the file's content, already read
         if rewrite:
             import onnx
 
             from .onnx_rewrite import attention_to_3d
 
-            proto, self.rewritten = attention_to_3d(onnx.load(str(path)))
+            graph = onnx.load(str(path)) if data is None else onnx.load_model_from_string(data)
+            proto, self.rewritten = attention_to_3d(graph)
             model = proto.SerializeToString()
         self.session = ort.InferenceSession(model, session_options(threads), providers=providers(device))
         self.provider = self.session.get_providers()[0]
@@ -142,9 +150,8 @@ def open(source: Source, options: Options) -> OnnxRuntimeBackend:
     entries, whole = pick_files(source, "onnx", precision, f"lsmha-export onnx --precision {precision}", "ONNX graph")
     manifest = source.manifest
     sessions = []
-    for entry in entries:  # each graph parsed once: its inputs and outputs checked as ONNX Runtime read them
-        sessions.append(
-            OnnxSession(manifest.verified_path(entry, check_content=False), options.device, options.threads)
-        )
+    for entry in entries:  # each graph read and parsed once: hashed, then checked as ONNX Runtime read it
+        data = manifest.verified_bytes(entry)
+        sessions.append(OnnxSession(manifest.path_of(entry), options.device, options.threads, data=data))
         manifest.check_loaded_io(entry, sessions[-1].shapes)
     return OnnxRuntimeBackend(sessions, whole, len(source.specs), precision)

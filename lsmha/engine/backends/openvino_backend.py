@@ -296,7 +296,7 @@ def open(source: Source, options: Options) -> OpenVinoBackend:
         backend = OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)
         backend.name = backend.name.replace("CPU,", "CPU,int8+")
         return backend
-    model = core.read_model(str(manifest.verified_path(entries[0], check_content=False)))
-    manifest.check_loaded_io(entries[0], graph_io(model))  # the graph parsed once, by OpenVINO
+    model = core.read_model(manifest.verified_bytes(entries[0]))  # one read: the hash, then OpenVINO's parse
+    manifest.check_loaded_io(entries[0], graph_io(model))
     model = keep_standardisation_f32(core, model)
     return OpenVinoBackend(model, core, chosen, options.mode, len(source.specs), options.threads)
