@@ -5,8 +5,7 @@ Light on import: torch (behind the models) and the runtimes (behind the engine) 
 first use of a name below, so a command's `--help` answers before any of them loads.
 """
 
-from typing import Any
-
+from .lazy import lazy_getattr
 from .version import __version__ as __version__
 
 _LAZY = {
@@ -25,9 +24,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lsmha' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

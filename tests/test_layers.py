@@ -12,6 +12,7 @@ ROOT = Path(lsmha.__file__).parent
 LAYERS: dict[str, int] = {
     "models": 0,
     "cli_help": 0,
+    "lazy": 0,
     "tables": 1,  # human tables, and --json files through artifacts' one JSON writer
     "version": 0,
     "metrics": 1,

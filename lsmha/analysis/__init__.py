@@ -12,7 +12,7 @@ Light on import: each name loads its module (and torch) on first use, so `lsmha-
 answers before torch loads.
 """
 
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {
     "BlockResult": "block",
@@ -47,9 +47,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lsmha.analysis' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -3,7 +3,7 @@
 Light on import: each name loads its module on first use, so reading a spec or a manifest
 (`CCTSpec`) does not import torch; the layers, the model and checkpoints do."""
 
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {
     "load": "checkpoint",
@@ -30,9 +30,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lsmha.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

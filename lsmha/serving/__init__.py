@@ -8,6 +8,7 @@ with `create_app`, `CommitteeService`, `CommitteeServer`, `BackgroundServer` or
 `write_triton_repository` (or a committee), so `lsmha-serve --help` answers at once.
 """
 
+from ..lazy import lazy_getattr
 from .batcher import BatcherStats, BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .config import ServeConfig
 from .protocol import (
@@ -52,9 +53,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lsmha.serving' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -4,7 +4,7 @@ the (DDP-ready) loop, committees, throughput, and the `lsmha-train` CLI.
 Light on import: each name loads its module (and torch) on first use, so `lsmha-train --help`
 answers before torch loads."""
 
-from typing import Any
+from ..lazy import lazy_getattr
 
 _LAZY = {
     "AugmentConfig": "augment",
@@ -37,9 +37,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'lsmha.training' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
