@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,26 +112,49 @@ def measure_server(
         head, binary = split_body(r.content, r.headers.get(HEADER_LENGTH))  # the same framing both ways
         return decode_outputs(json.loads(head), binary)["label"]
 
+    def send(http: httpx.Client, c: int) -> httpx.Response | None:
+        k = c % len(bodies)
+        try:
+            return http.post(endpoint, content=bodies[k], headers=headers[k])
+        except httpx.HTTPError:
+            return None
+
+    def check(r: httpx.Response | None, c: int) -> tuple[bool, bool]:
+        ok = r is not None and r.status_code == 200
+        return ok, ok and np.array_equal(labels(r), expected[c % len(expected)])
+
+    connect = lambda: httpx.Client(timeout=timeout_s)  # noqa: E731
+    return drive_clients(url, mode, clients, requests, len(images[0]), connect, send, check)
+
+
+def drive_clients(
+    url: str,
+    mode: str,
+    clients: int,
+    requests: int,
+    per_request: int,
+    connect: Callable[[], Any],
+    send: Callable[[Any, int], Any],
+    check: Callable[[Any, int], tuple[bool, bool]],
+) -> ServeRow:
+    """`clients` threads share `requests` calls: client c opens `connect()` (a context manager)
+    and times each `send(connection, c)`; `check(answer, c)` says (answered, same labels as
+    direct predict). Batching facts come from the server's /metrics at `url`, this run only."""
     counter = iter(range(requests))
     lock = threading.Lock()
     latencies: list[float] = []
     failures = {"errors": 0, "mismatches": 0}
 
     def client(c: int) -> None:
-        k = c % len(bodies)
-        with httpx.Client(timeout=timeout_s) as http:
+        with connect() as connection:
             while True:
                 with lock:
                     if next(counter, None) is None:
                         return
                 t0 = time.perf_counter()
-                try:
-                    r = http.post(endpoint, content=bodies[k], headers=headers[k])
-                except httpx.HTTPError:
-                    r = None
+                answer = send(connection, c)
                 dt = time.perf_counter() - t0
-                ok = r is not None and r.status_code == 200
-                same = ok and np.array_equal(labels(r), expected[k])
+                ok, same = check(answer, c)
                 with lock:
                     if ok:
                         latencies.append(dt)
@@ -148,9 +172,8 @@ def measure_server(
     after = scrape_batching(url)
     batches = after["batches"] - before["batches"]
     mean_batch = (after["images"] - before["images"]) / batches if batches else None
-    multi = after["multi"] - before["multi"]
-    return _row(mode, clients, len(images[0]), latencies, seconds, mean_batch_images=mean_batch,
-                multi_request_batches=int(multi), **failures)  # fmt: skip
+    return _row(mode, clients, per_request, latencies, seconds, mean_batch_images=mean_batch,
+                multi_request_batches=int(after["multi"] - before["multi"]), **failures)  # fmt: skip
 
 
 def scrape_batching(url: str) -> dict[str, float]:

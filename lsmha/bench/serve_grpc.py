@@ -8,13 +8,14 @@ encoding costs nothing; every answer's labels are compared with direct predict.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
-import threading
-import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from .serve import ServeRow, _row, scrape_batching
+from .serve import ServeRow, drive_clients
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -44,46 +45,24 @@ def measure_grpc(
         req.raw_input_contents.append(np.ascontiguousarray(x).tobytes())
         bodies.append(req.SerializeToString())
 
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    latencies: list[float] = []
-    failures = {"errors": 0, "mismatches": 0}
+    def send(call: Any, c: int) -> Any:
+        try:
+            return pb.ModelInferResponse.FromString(call(bodies[c % len(bodies)], timeout=timeout_s))
+        except grpc.RpcError:
+            return None
 
-    def client(c: int) -> None:
-        k = c % len(bodies)
+    def check(answer: Any, c: int) -> tuple[bool, bool]:
+        ok = answer is not None
+        return ok, ok and np.array_equal(
+            np.frombuffer(answer.raw_output_contents[0], "<i8"), expected[c % len(expected)]
+        )
+
+    @contextlib.contextmanager
+    def connect() -> Iterator[Any]:
         with grpc.insecure_channel(target) as channel:
-            call = channel.unary_unary(METHOD)
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        return
-                t0 = time.perf_counter()
-                try:
-                    answer = pb.ModelInferResponse.FromString(call(bodies[k], timeout=timeout_s))
-                except grpc.RpcError:
-                    answer = None
-                dt = time.perf_counter() - t0
-                ok = answer is not None
-                same = ok and np.array_equal(np.frombuffer(answer.raw_output_contents[0], "<i8"), expected[k])
-                with lock:
-                    if ok:
-                        latencies.append(dt)
-                    failures["errors"] += not ok
-                    failures["mismatches"] += ok and not same
+            yield channel.unary_unary(METHOD)
 
-    before = scrape_batching(url)
-    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    after = scrape_batching(url)
-    batches = after["batches"] - before["batches"]
-    mean_batch = (after["images"] - before["images"]) / batches if batches else None
-    return _row(mode, clients, len(images[0]), latencies, seconds, mean_batch_images=mean_batch,
-                multi_request_batches=int(after["multi"] - before["multi"]), **failures)  # fmt: skip
+    return drive_clients(url, mode, clients, requests, len(images[0]), connect, send, check)
 
 
 def kserve_skipped() -> str:
