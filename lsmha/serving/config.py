@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass, field
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+MAX_BATCH = 8192  # images in one batch: 100 MB of FP32 32x32x3 pixels
+MAX_QUEUE = 1 << 20
+MAX_CONNECTIONS = 1 << 20
 FD_RESERVE = 64  # descriptors kept for the process itself: model files, logs, the listener, runtimes
 
 
@@ -66,23 +69,27 @@ class ServeConfig:
         bad = [
             f"{field}={getattr(self, field)!r}"
             for field, ok in (
-                ("max_batch", self.max_batch >= 1),
-                ("max_queue", self.max_queue >= 1),
+                # bounded: warm-up allocates a batch of max_batch images, and a cap past any
+                # machine's descriptors or memory only hides a typo
+                ("max_batch", 1 <= self.max_batch <= MAX_BATCH),
+                ("max_queue", 1 <= self.max_queue <= MAX_QUEUE),
                 # finite and bounded: inf would make every batch wait forever, or every body limit overflow
                 ("max_delay_ms", 0 <= self.max_delay_ms <= 60_000),
                 ("max_body_mb", 0 < self.max_body_mb <= 1 << 20),
                 ("body_timeout_s", 0 < self.body_timeout_s <= 86_400),
                 ("shutdown_timeout_s", 0 <= self.shutdown_timeout_s <= 86_400),
                 ("header_timeout_s", 0 < self.header_timeout_s <= 86_400),
-                ("max_connections", self.max_connections >= 1),
+                ("max_connections", 1 <= self.max_connections <= MAX_CONNECTIONS),
             )
             if not ok
         ]
         if bad:
             raise ValueError(
-                f"bad server settings: {', '.join(bad)}; expected max_batch and max_queue >= 1, "
+                f"bad server settings: {', '.join(bad)}; expected max_batch in [1, {MAX_BATCH}], "
+                f"max_queue in [1, {MAX_QUEUE}], "
                 "max_delay_ms in [0, 60000], max_body_mb in (0, 1048576], body_timeout_s in (0, 86400], "
-                "shutdown_timeout_s in [0, 86400], header_timeout_s in (0, 86400], max_connections >= 1"
+                "shutdown_timeout_s in [0, 86400], header_timeout_s in (0, 86400], "
+                f"max_connections in [1, {MAX_CONNECTIONS}]"
             )
 
     @property

@@ -39,7 +39,7 @@ from ..version import __version__
 from .batcher import BatchKey, QueueFull, ShuttingDown
 from .model_config import EXTENSIONS, MODEL_VERSION, model_config, unknown_model
 from .proto import kserve_v2_pb2 as pb
-from .protocol import InferRequest, ProtocolError, decode_request, tensor_bytes, v2_datatype
+from .protocol import InferRequest, ProtocolError, decode_request, show, tensor_bytes, v2_datatype
 
 log = logging.getLogger("lsmha.serving")
 SERVICE = "inference.GRPCInferenceService"  # the wire name; the .proto's package is lsmha.kserve
@@ -56,6 +56,10 @@ CONTENTS = {
     "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
     "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }  # fmt: skip
+MAX_DETAILS = 1024  # characters of a status's details
+GRPC_MAX_STREAMS = 100  # calls at once on one connection (HTTP/2's recommended least)
+GRPC_IDLE_S = 300  # a connection without calls for this long is closed (GOAWAY)
+GRPC_MAX_MESSAGE = (1 << 31) - 1  # the largest message length gRPC's options can hold
 
 
 class Refused(Exception):
@@ -81,14 +85,14 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], byt
         used = [f.name for f, _ in tensor.contents.ListFields()]
         if raw:
             if used:
-                raise ProtocolError(f"input {tensor.name!r} has both contents.{used[0]} and raw_input_contents")
+                raise ProtocolError(f"input {show(tensor.name)} has both contents.{used[0]} and raw_input_contents")
             doc["parameters"] = {"binary_data_size": len(raw[i])}
         else:
             field = CONTENTS.get(tensor.datatype)
             if used and (field is None or used != [field]):
                 expected = f"contents.{field}" if field else "a datatype of the v2 protocol"
                 raise ProtocolError(
-                    f"input {tensor.name!r} is {tensor.datatype!r}: expected its values in {expected} "
+                    f"input {show(tensor.name)} is {show(tensor.datatype)}: expected its values in {expected} "
                     f"(or raw_input_contents), got contents.{', contents.'.join(used)}"
                 )
             doc["data"] = list(getattr(tensor.contents, field)) if field else []
@@ -97,7 +101,7 @@ def request_document(request: pb.ModelInferRequest) -> tuple[dict[str, Any], byt
     for out in request.outputs:
         extra = sorted(set(out.parameters) - {"binary_data"})  # binary_data: meaningless here, harmless
         if extra:
-            raise ProtocolError(f"output {out.name!r}: parameter(s) {', '.join(extra)} not supported")
+            raise ProtocolError(f"output {show(out.name)}: parameter(s) {', '.join(extra)} not supported")
         outputs.append({"name": out.name})
     document = {"inputs": inputs, "outputs": outputs or None}
     if request.id:
@@ -216,6 +220,13 @@ class InferenceServicer:
         return infer_response(service.config.name, req, rows)
 
 
+def status_details(message: str) -> str:
+    """`message` cut to `MAX_DETAILS` characters: status details travel in a trailer, and a client
+    refuses trailers over its metadata limit (16 KiB by default), answering RESOURCE_EXHAUSTED in
+    place of the status sent."""
+    return message if len(message) <= MAX_DETAILS else f"{message[:MAX_DETAILS]}... ({len(message)} characters)"
+
+
 def _handler(call: Callable[..., Awaitable[Message]], request_type: type[Message] | None):
     """A unary handler that parses the request itself (`request_type`; None: `call` takes the bytes
     and the context), so bytes that are not a message of its type are INVALID_ARGUMENT (gRPC's own
@@ -235,7 +246,7 @@ def _handler(call: Callable[..., Awaitable[Message]], request_type: type[Message
                     ) from None
                 response = await call(request)
         except Refused as err:
-            await context.abort(err.code, err.message)
+            await context.abort(err.code, status_details(err.message))
         return response.SerializeToString()
 
     return grpc.unary_unary_rpc_method_handler(handle)
@@ -256,12 +267,22 @@ def generic_handler(service: Any) -> grpc.GenericRpcHandler:
 async def start_grpc_server(service: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC endpoint for `service` on `host:port` (0: a free port) on the running loop;
     returns the server and the port it listens on. OSError if it cannot listen there."""
-    limit = service.config.max_body_bytes
+    config = service.config
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", limit),  # larger: RESOURCE_EXHAUSTED, never read
+            # larger: RESOURCE_EXHAUSTED, never read; gRPC takes a C int here, and protobuf reads no
+            # message past 2 GiB anyway
+            ("grpc.max_receive_message_length", min(config.max_body_bytes, GRPC_MAX_MESSAGE)),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a port another server listens on is an error, not shared
+            # connections, as HTTP's: at most --max-connections (newcomers are closed, the client's
+            # call UNAVAILABLE), each with its HTTP/2 preface within --header-timeout-s, idle ones
+            # closed after GRPC_IDLE_S (clients reconnect by themselves), and calls per connection
+            # bounded (more wait in the client until one ends)
+            ("grpc.max_allowed_incoming_connections", config.max_connections),
+            ("grpc.server_handshake_timeout_ms", int(config.header_timeout_s * 1000)),
+            ("grpc.max_connection_idle_ms", GRPC_IDLE_S * 1000),
+            ("grpc.max_concurrent_streams", GRPC_MAX_STREAMS),
         ]
     )
     server.add_generic_rpc_handlers((generic_handler(service),))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import ServeConfig
-from .protocol import ACCEPTED, INPUT_NAME
+from .protocol import ACCEPTED, INPUT_NAME, show
 
 MODEL_VERSION = "1"  # one version per server
 # what GET /v2 and gRPC ServerMetadata list; binary_tensor_data is HTTP's (gRPC sends raw bytes)
@@ -24,9 +24,9 @@ ONE_INPUT = "send exactly one of the inputs named images: UINT8 NHWC (raw pixels
 def unknown_model(config: ServeConfig, name: str, version: str | None) -> str | None:
     """Why `name` (and `version`, when given: None or "" is the server's choice) is not served, or None."""
     if name != config.name:
-        return f"unknown model {name!r}; this server serves {config.name!r}"
+        return f"unknown model {show(name)}; this server serves {config.name!r}"
     if version and version != MODEL_VERSION:
-        return f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}"
+        return f"model {name!r} has no version {show(version)}; it has version {MODEL_VERSION!r}"
     return None
 
 

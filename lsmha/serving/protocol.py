@@ -115,7 +115,7 @@ class InferRequest:
         return "member_logits" in self.outputs
 
 
-def _show(value: Any, limit: int = 80) -> str:
+def show(value: Any, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters: error messages echo client data, which may be huge."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
@@ -123,7 +123,7 @@ def _show(value: Any, limit: int = 80) -> str:
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if key not in obj:
-        raise ProtocolError(f"{where} needs a {key!r} field, got keys {_show(sorted(obj))}")
+        raise ProtocolError(f"{where} needs a {key!r} field, got keys {show(sorted(obj))}")
     value = obj[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
@@ -141,7 +141,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     # 20 of them, so int() never meets a literal beyond its 4,300-digit limit
     if not (text.isascii() and text.isdigit() and len(text) <= 20) or int(text) > len(body):
         raise ProtocolError(
-            f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {_show(header_length)}"
+            f"{HEADER_LENGTH} must be the JSON header's length in bytes (0..{len(body)}), got {show(header_length)}"
         )
     n = int(text)
     return body[:n], memoryview(body)[n:]
@@ -157,7 +157,7 @@ def _parameters(obj: dict[str, Any], where: str) -> dict[str, Any]:
 def _binary_values(tensor: dict[str, Any], datatype: str, shape: list[int], binary: memoryview) -> np.ndarray:
     size = _parameters(tensor, "input tensor")["binary_data_size"]
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ProtocolError(f"binary_data_size must be a non-negative int (bytes), got {_show(size)}")
+        raise ProtocolError(f"binary_data_size must be a non-negative int (bytes), got {show(size)}")
     if "data" in tensor:
         raise ProtocolError("the input has both 'data' and binary_data_size: send its values one way")
     dtype = np.dtype(V2_TO_NUMPY[datatype])
@@ -176,18 +176,18 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview, 
     where = "input tensor"
     name = _field(tensor, "name", str, where)
     if name != INPUT_NAME:
-        raise ProtocolError(f"unknown input {_show(name)}: this model takes one input named {INPUT_NAME!r}")
+        raise ProtocolError(f"unknown input {show(name)}: this model takes one input named {INPUT_NAME!r}")
     datatype = _field(tensor, "datatype", str, where)
     if datatype not in V2_DATATYPES:
-        raise ProtocolError(f"unknown datatype {_show(datatype)}; the v2 protocol knows {', '.join(V2_DATATYPES)}")
+        raise ProtocolError(f"unknown datatype {show(datatype)}; the v2 protocol knows {', '.join(V2_DATATYPES)}")
     if datatype not in ACCEPTED:
         raise ProtocolError(f"datatype {datatype} is not accepted for {INPUT_NAME!r}: expected {spec.describe()}")
     shape = _field(tensor, "shape", list, where)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ProtocolError(f"shape must be a list of non-negative ints, got {_show(shape)}")
+        raise ProtocolError(f"shape must be a list of non-negative ints, got {show(shape)}")
     per_image = spec.shape(datatype)
     if len(shape) != 4 or tuple(shape[1:]) != per_image:
-        raise ProtocolError(f"expected {spec.describe()}, got {datatype} shape {_show(shape)}")
+        raise ProtocolError(f"expected {spec.describe()}, got {datatype} shape {show(shape)}")
     n = shape[0]
     if n == 0:
         raise ProtocolError(f"expected at least one image, got shape {shape}")
@@ -234,7 +234,7 @@ def _decode_tensor(tensor: dict[str, Any], spec: InputSpec, binary: memoryview, 
 def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     value = params.get(key, False)
     if not isinstance(value, bool):
-        raise ProtocolError(f"{where} parameter {key!r} must be true or false, got {_show(value)}")
+        raise ProtocolError(f"{where} parameter {key!r} must be true or false, got {show(value)}")
     return value
 
 
@@ -253,7 +253,7 @@ def decode_request(
         raise ProtocolError(f"'id' must be a string, got {type(request_id).__name__}")
     if request_id is not None and not _is_unicode(request_id):
         # JSON lets "\ud800" through, but the answer echoes the id and UTF-8 cannot encode it
-        raise ProtocolError(f"'id' must be valid Unicode text, got {_show(request_id)} (a lone surrogate escape?)")
+        raise ProtocolError(f"'id' must be valid Unicode text, got {show(request_id)} (a lone surrogate escape?)")
     inputs = _field(body, "inputs", list, "the request")
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ProtocolError(f"expected exactly one input tensor object named {INPUT_NAME!r}, got {len(inputs)} item(s)")
@@ -265,9 +265,9 @@ def decode_request(
         names, binary_outputs = [], set()
         for item in asked:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise ProtocolError(f"each requested output must be an object with a 'name', got {_show(item)}")
+                raise ProtocolError(f"each requested output must be an object with a 'name', got {show(item)}")
             if item["name"] not in OUTPUTS:
-                raise ProtocolError(f"unknown output {_show(item['name'])}; this model has {', '.join(OUTPUTS)}")
+                raise ProtocolError(f"unknown output {show(item['name'])}; this model has {', '.join(OUTPUTS)}")
             names.append(item["name"])
             where = f"output {item['name']!r}"
             params = _parameters(item, where)
