@@ -133,3 +133,51 @@ def test_settings_past_any_machine_exit_2(tmp_path, capsys, option, value, messa
     assert main([str(tmp_path), option, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lsmha-serve: error: ") and message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target", "0"], "--target is the agreement"),
+        (["--target", "1.5"], "--target is the agreement"),
+        (["--target", "nan"], "--target is the agreement"),
+        (["--limit", "-5"], "--limit takes the number"),  # calibrated on all but the last 5, exit 0
+        (["--limit", "0"], "--limit takes the number"),  # calibrated on every image, exit 0
+        (["--order", "0,0,1"], "argument --order: expected each member index once"),
+        (["--order", "1,-1"], "argument --order: expected each member index once"),
+    ],
+)
+def test_calibrate_refuses_bad_values_before_touching_the_export(serving_export, tmp_path, capsys, extra, message):
+    """Checked before member graphs are written or run (a bad --target used to fail after both,
+    naming `target`, not the option)."""
+    import shutil
+
+    from lsmha.export.cli import main as export_main
+
+    export = shutil.copytree(serving_export, tmp_path / "export")
+    before = sorted(p.name for p in export.iterdir())
+    code = _exit_code(export_main, ["calibrate", str(export), "--dataset", "synthetic", "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.strip().splitlines()[-1].startswith("lsmha-export"), err
+    assert sorted(p.name for p in export.iterdir()) == before
+
+
+def _exit_code(main_function, argv: list[str]) -> int:
+    """A CLI's exit status, whether it returns it or argparse exits."""
+    try:
+        return main_function(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+@pytest.mark.parametrize("calibrated", ["missing", "plain"])
+def test_bench_latency_adaptive_checks_the_export_before_the_sweep(serving_export, tmp_path, capsys, calibrated):
+    """A directory without thresholds used to be refused only after the random-weight rows (minutes)."""
+    from lsmha.bench.cli import main as bench_main
+
+    directory = tmp_path / "nothing" if calibrated == "missing" else serving_export
+    start = time.monotonic()
+    assert _exit_code(bench_main, ["latency", "--adaptive", str(directory), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lsmha-bench: error: --adaptive ") and err.count("\n") == 1, err
+    assert time.monotonic() - start < 10

@@ -134,6 +134,8 @@ def cmd_latency(args: argparse.Namespace) -> int:
         raise CliError.environment(
             "--device cuda but torch sees no CUDA device (check nvidia-smi), or use --device cpu"
         )
+    if args.adaptive is not None:  # before the minutes of random-weight rows, not after them
+        _check_calibrated(args.adaptive)
     name = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     torch.set_num_threads(max(1, args.threads))
@@ -229,6 +231,22 @@ def cmd_latency(args: argparse.Namespace) -> int:
         write_json(args.json, doc)
         print(f"wrote {args.json}")
     return 0
+
+
+def _check_calibrated(directory: Path) -> None:
+    """--adaptive DIR is an export with calibrated thresholds (CliError.usage if not)."""
+    from ..artifacts import read_manifest
+    from ..engine.adaptive import read_calibration
+
+    try:
+        calibrated = read_calibration(read_manifest(directory)) is not None
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError.usage(f"--adaptive {directory}: {err}") from None
+    if not calibrated:
+        raise CliError.usage(
+            f"--adaptive {directory} has no calibrated thresholds: run `lsmha-export calibrate {directory} "
+            "--dataset NAME` first"
+        )
 
 
 def adaptive_rows(args: argparse.Namespace) -> dict:

@@ -153,9 +153,12 @@ DESCRIPTION = (
 
 def _order(text: str) -> list[int]:
     try:
-        return [int(i) for i in text.replace(",", " ").split()]
+        order = [int(i) for i in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected member indices like 2,0,1, got {text!r}") from None
+    if not order or min(order) < 0 or len(set(order)) != len(order):
+        raise argparse.ArgumentTypeError(f"expected each member index once, none negative, like 2,0,1, got {text!r}")
+    return order
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -188,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8 is not None and args.int8 < 1:
         raise CliError.usage(f"--int8 takes the number of val images for NNCF's statistics (>= 1), got {args.int8}")
+    # before anything is written or run: the member graphs, then minutes of logits
+    if not 0 < args.target <= 1:
+        raise CliError.usage(f"--target is the agreement with the full committee to keep, in (0, 1], got {args.target}")
+    if args.limit is not None and args.limit < 1:
+        raise CliError.usage(f"--limit takes the number of val images to use (>= 1), got {args.limit}")
     options = {"threads": args.threads} if args.threads else {}
     try:
         cal = calibrate_export(
