@@ -41,6 +41,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
+from ..metrics import soft_committee
 from ..version import __version__
 from .batcher import BatchKey, DynamicBatcher, QueueFull, ShuttingDown
 from .clock import LoopClock
@@ -197,7 +198,7 @@ class CommitteeService:
         everyone = np.full(len(images), len(committee), dtype=np.int64)
         if key.member_logits:  # every member runs, adaptive or not
             members = committee.member_logits(images)  # (M, N, classes)
-            logits = members.sum(axis=0)
+            logits = soft_committee(members)
             out = {"member_logits": np.ascontiguousarray(members.transpose(1, 0, 2)), "members_run": everyone}
         elif hasattr(committee, "decide"):  # an AdaptiveCommittee: logits are the partial sums decided on
             decided = committee.decide(images)
