@@ -181,3 +181,21 @@ def test_bench_latency_adaptive_checks_the_export_before_the_sweep(serving_expor
     err = capsys.readouterr().err
     assert err.startswith("lsmha-bench: error: --adaptive ") and err.count("\n") == 1, err
     assert time.monotonic() - start < 10
+
+
+def test_calls_on_one_grpc_connection_are_bounded():
+    """At most --max-queue + --max-batch calls at once on one connection: HTTP/2 refuses more
+    (UNAVAILABLE, REFUSED_STREAM), never INTERNAL, and the connection serves on."""
+    with _server(max_queue=2, max_batch=1) as s:
+        s.wait_ready()
+        request = pb.ModelInferRequest(model_name=NAME)
+        request.inputs.add(name="images", datatype="UINT8", shape=[1, 32, 32, 3])
+        request.raw_input_contents.append(bytes(3072))
+        with grpc.insecure_channel(s.grpc_target) as ch:
+            infer = ch.unary_unary(METHOD + "ModelInfer")
+            futures = [infer.future(request.SerializeToString(), timeout=30) for _ in range(60)]
+            codes = [f.code() for f in futures]
+            assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+            refused = [f.details() for f in futures if f.code() != grpc.StatusCode.OK]
+            assert any("RST_STREAM" in d for d in refused), refused[:3]
+            assert len(infer(request.SerializeToString(), timeout=30)) > 0

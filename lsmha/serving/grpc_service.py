@@ -57,7 +57,6 @@ CONTENTS = {
     "INT64": "int64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
 }  # fmt: skip
 MAX_DETAILS = 1024  # characters of a status's details
-GRPC_MAX_STREAMS = 100  # calls at once on one connection (HTTP/2's recommended least)
 GRPC_IDLE_S = 300  # a connection without calls for this long is closed (GOAWAY)
 GRPC_MAX_MESSAGE = (1 << 31) - 1  # the largest message length gRPC's options can hold
 
@@ -268,7 +267,9 @@ async def start_grpc_server(service: Any, host: str, port: int) -> tuple[grpc.ai
     """Start the gRPC endpoint for `service` on `host:port` (0: a free port) on the running loop;
     returns the server and the port it listens on. OSError if it cannot listen there."""
     config = service.config
+    calls = config.max_queue + config.max_batch  # more inference calls than this are refused by the queue anyway
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=2 * calls,  # beyond: RESOURCE_EXHAUSTED
         options=[
             # larger: RESOURCE_EXHAUSTED, never read; gRPC takes a C int here, and protobuf reads no
             # message past 2 GiB anyway
@@ -277,13 +278,13 @@ async def start_grpc_server(service: Any, host: str, port: int) -> tuple[grpc.ai
             ("grpc.so_reuseport", 0),  # a port another server listens on is an error, not shared
             # connections, as HTTP's: at most --max-connections (newcomers are closed, the client's
             # call UNAVAILABLE), each with its HTTP/2 preface within --header-timeout-s, idle ones
-            # closed after GRPC_IDLE_S (clients reconnect by themselves), and calls per connection
-            # bounded (more wait in the client until one ends)
+            # closed after GRPC_IDLE_S (clients reconnect by themselves); calls on one connection
+            # bounded (HTTP/2 refuses more, UNAVAILABLE), so their messages in memory are too
             ("grpc.max_allowed_incoming_connections", config.max_connections),
             ("grpc.server_handshake_timeout_ms", int(config.header_timeout_s * 1000)),
             ("grpc.max_connection_idle_ms", GRPC_IDLE_S * 1000),
-            ("grpc.max_concurrent_streams", GRPC_MAX_STREAMS),
-        ]
+            ("grpc.max_concurrent_streams", calls),
+        ],
     )
     server.add_generic_rpc_handlers((generic_handler(service),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
