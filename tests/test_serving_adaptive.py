@@ -59,11 +59,19 @@ def test_adaptive_server_answers_with_members_run_and_counts_them(adaptive_expor
             timeout=30,
         )  # fmt: skip
         assert decode_outputs(r.json())["members_run"].tolist() == [2, 2, 2]
+        # the metadata lists members_run, so a request may ask for it by name (it used to be a 400)
+        r = httpx.post(f"{server.url}/v2/models/{NAME}/infer", json=encode_images(images[:2], ("members_run",)))
+        assert r.status_code == 200, r.text
+        answer = decode_outputs(r.json())
+        assert list(answer) == ["members_run"] and answer["members_run"].tolist() == expected_runs[:2].tolist()
         metrics = httpx.get(f"{server.url}/metrics", timeout=30).text
     lines = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("lsmha_members_run"))
-    assert float(lines["lsmha_members_run_count"]) == 12 + 3
-    assert float(lines['lsmha_members_run_bucket{le="1.0"}']) == (expected_runs == 1).sum()
-    assert float(lines["lsmha_members_run_sum"]) == expected_runs.sum() + 6
+    assert float(lines["lsmha_members_run_count"]) == 12 + 3 + 2
+    assert (
+        float(lines['lsmha_members_run_bucket{le="1.0"}'])
+        == (expected_runs == 1).sum() + (expected_runs[:2] == 1).sum()
+    )
+    assert float(lines["lsmha_members_run_sum"]) == expected_runs.sum() + 6 + expected_runs[:2].sum()
     adaptive.close()
 
 

@@ -52,6 +52,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics
 from .model_config import EXTENSIONS, MODEL_VERSION, ONE_INPUT, input_tensors, output_tensors, unknown_model
 from .protocol import (
     HEADER_LENGTH,
+    OUTPUTS,
     InferRequest,
     InputSpec,
     ProtocolError,
@@ -111,7 +112,8 @@ class CommitteeService:
 
     def _load_and_warm(self) -> None:
         committee = self.loader()
-        spec = InputSpec(committee.img_size, committee.in_chans, self.config.max_batch)
+        outputs = (*OUTPUTS, "members_run") if self.config.adaptive else OUTPUTS
+        spec = InputSpec(committee.img_size, committee.in_chans, self.config.max_batch, outputs)
         try:
             if self.config.warmup:
                 rng = np.random.default_rng(0)

@@ -72,11 +72,13 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the served committee takes: image size, channels, and the most images per request."""
+    """What the served committee takes: image size, channels, and the most images per request;
+    and the outputs a request may ask for (an adaptive committee's add `members_run`)."""
 
     img_size: int
     in_chans: int
     max_images: int
+    outputs: tuple[str, ...] = OUTPUTS
 
     def shape(self, datatype: str) -> tuple[int, int, int]:
         """Per-image shape for `datatype`: (H, W, C) for UINT8, (C, H, W) for FP32."""
@@ -266,8 +268,8 @@ def decode_request(
         for item in asked:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise ProtocolError(f"each requested output must be an object with a 'name', got {show(item)}")
-            if item["name"] not in OUTPUTS:
-                raise ProtocolError(f"unknown output {show(item['name'])}; this model has {', '.join(OUTPUTS)}")
+            if item["name"] not in spec.outputs:
+                raise ProtocolError(f"unknown output {show(item['name'])}; this model has {', '.join(spec.outputs)}")
             names.append(item["name"])
             where = f"output {item['name']!r}"
             params = _parameters(item, where)
