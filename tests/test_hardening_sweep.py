@@ -199,3 +199,14 @@ def test_calls_on_one_grpc_connection_are_bounded():
             refused = [f.details() for f in futures if f.code() != grpc.StatusCode.OK]
             assert any("RST_STREAM" in d for d in refused), refused[:3]
             assert len(infer(request.SerializeToString(), timeout=30)) > 0
+
+
+def test_a_busy_grpc_port_names_grpc_port(serving_export, capsys):
+    """It used to say `choose another --port`, the HTTP option."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main([str(serving_export), "--port", "0", "--grpc-port", str(port), "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err and "another --grpc-port" in err, err

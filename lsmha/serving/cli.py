@@ -196,10 +196,10 @@ def _check_grpc(args: argparse.Namespace) -> None:
         from . import grpc_service  # noqa: F401
     except ImportError as err:
         raise CliError.environment(f"--grpc-port needs grpcio: pip install 'lsmha[serve]' ({err})") from None
-    _check_port_free(args.host, args.grpc_port)
+    _check_port_free(args.host, args.grpc_port, "--grpc-port")
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, option: str = "--port") -> None:
     """Refuse a port another process listens on before the committee loads (seconds), with
     the port in the message rather than uvicorn's own line after it."""
     import socket
@@ -217,7 +217,7 @@ def _check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as err:
             raise CliError.usage(
-                f"cannot listen on {host}:{port}: {err.strerror} (another server there? choose another --port)"
+                f"cannot listen on {host}:{port}: {err.strerror} (another server there? choose another {option})"
             ) from None
 
 
