@@ -16,6 +16,7 @@ from lsmha.serving.config import ServeConfig
         ("--max-delay-ms", "inf", "max_delay_ms=inf"),
         ("--max-delay-ms", "nan", "max_delay_ms=nan"),
         ("--max-body-mb", "inf", "max_body_mb=inf"),
+        ("--max-body-mb", "1e-9", "max_body_mb=1e-09"),  # would refuse every request
         ("--body-timeout-s", "inf", "body_timeout_s=inf"),
         ("--shutdown-timeout-s", "nan", "shutdown_timeout_s=nan"),
         ("--header-timeout-s", "0", "header_timeout_s=0.0"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 MAX_BATCH = 8192  # images in one batch: 100 MB of FP32 32x32x3 pixels
 MAX_QUEUE = 1 << 20
+MIN_BODY_MB = 0.01  # 10 KiB: a few 32x32 images, binary or JSON
 MAX_CONNECTIONS = 1 << 20
 FD_RESERVE = 64  # descriptors kept for the process itself: model files, logs, the listener, runtimes
 
@@ -75,7 +76,8 @@ class ServeConfig:
                 ("max_queue", 1 <= self.max_queue <= MAX_QUEUE),
                 # finite and bounded: inf would make every batch wait forever, or every body limit overflow
                 ("max_delay_ms", 0 <= self.max_delay_ms <= 60_000),
-                ("max_body_mb", 0 < self.max_body_mb <= 1 << 20),
+                # at least MIN_BODY_MB: a smaller limit refuses every request (one 32x32 image is 3 KiB)
+                ("max_body_mb", MIN_BODY_MB <= self.max_body_mb <= 1 << 20),
                 ("body_timeout_s", 0 < self.body_timeout_s <= 86_400),
                 ("shutdown_timeout_s", 0 <= self.shutdown_timeout_s <= 86_400),
                 ("header_timeout_s", 0 < self.header_timeout_s <= 86_400),
@@ -87,7 +89,7 @@ class ServeConfig:
             raise ValueError(
                 f"bad server settings: {', '.join(bad)}; expected max_batch in [1, {MAX_BATCH}], "
                 f"max_queue in [1, {MAX_QUEUE}], "
-                "max_delay_ms in [0, 60000], max_body_mb in (0, 1048576], body_timeout_s in (0, 86400], "
+                f"max_delay_ms in [0, 60000], max_body_mb in [{MIN_BODY_MB}, 1048576], body_timeout_s in (0, 86400], "
                 "shutdown_timeout_s in [0, 86400], header_timeout_s in (0, 86400], "
                 f"max_connections in [1, {MAX_CONNECTIONS}]"
             )
