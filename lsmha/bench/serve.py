@@ -92,6 +92,7 @@ def measure_server(
     mode: str = "serve",
     timeout_s: float = 60.0,
     binary: bool = False,
+    batching: bool = True,
 ) -> ServeRow:
     """`clients` threads send `requests` infer calls in all (client c sends `images[c % len]`),
     timing each; answers are compared with `expected` labels. Batching facts come from /metrics,
@@ -124,11 +125,11 @@ def measure_server(
         return ok, ok and np.array_equal(labels(r), expected[c % len(expected)])
 
     connect = lambda: httpx.Client(timeout=timeout_s)  # noqa: E731
-    return drive_clients(url, mode, clients, requests, len(images[0]), connect, send, check)
+    return drive_clients(url if batching else None, mode, clients, requests, len(images[0]), connect, send, check)
 
 
 def drive_clients(
-    url: str,
+    url: str | None,
     mode: str,
     clients: int,
     requests: int,
@@ -139,7 +140,8 @@ def drive_clients(
 ) -> ServeRow:
     """`clients` threads share `requests` calls: client c opens `connect()` (a context manager)
     and times each `send(connection, c)`; `check(answer, c)` says (answered, same labels as
-    direct predict). Batching facts come from the server's /metrics at `url`, this run only."""
+    direct predict). Batching facts come from the server's /metrics at `url`, this run only
+    (None: a server without lsmha's metrics, e.g. KServe's ModelServer)."""
     counter = iter(range(requests))
     lock = threading.Lock()
     latencies: list[float] = []
@@ -161,7 +163,7 @@ def drive_clients(
                     failures["errors"] += not ok
                     failures["mismatches"] += ok and not same
 
-    before = scrape_batching(url)
+    before = scrape_batching(url) if url else None
     threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
     start = time.perf_counter()
     for t in threads:
@@ -169,6 +171,8 @@ def drive_clients(
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
+    if before is None:
+        return _row(mode, clients, per_request, latencies, seconds, **failures)
     after = scrape_batching(url)
     batches = after["batches"] - before["batches"]
     mean_batch = (after["images"] - before["images"]) / batches if batches else None
@@ -202,16 +206,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(directory: Path, port: int, extra: list[str], timeout_s: float = 180.0) -> subprocess.Popen:
-    """Start `lsmha-serve` as a child process and wait until it reports ready."""
+def start_server(
+    directory: Path, port: int, extra: list[str], timeout_s: float = 180.0, kserve: bool = False
+) -> subprocess.Popen:
+    """Start `lsmha-serve` (or, with `kserve`, KServe's ModelServer over the same committee.onnx:
+    `lsmha.bench.kserve_committee`) as a child process and wait until it reports ready."""
     import httpx
 
-    cmd = [sys.executable, "-m", "lsmha.serving.cli", str(directory), "--port", str(port), "--log-level", "warning"]
+    if kserve:
+        cmd = [sys.executable, "-m", "lsmha.bench.kserve_committee", str(directory), "--http_port", str(port),
+               "--model_name", "lsmha_committee", "--enable_grpc", "false"]  # fmt: skip
+    else:
+        cmd = [sys.executable, "-m", "lsmha.serving.cli", str(directory), "--port", str(port), "--log-level", "warning"]
     proc = subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"lsmha-serve exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
                 return proc
@@ -219,7 +230,7 @@ def start_server(directory: Path, port: int, extra: list[str], timeout_s: float 
             pass
         time.sleep(0.2)
     proc.terminate()
-    raise TimeoutError(f"lsmha-serve was not ready after {timeout_s:.0f} s")
+    raise TimeoutError(f"{cmd[2]} was not ready after {timeout_s:.0f} s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -231,7 +242,7 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-MODES = ("direct", "serve", "serve-binary", "grpc", "serve-unbatched")
+MODES = ("direct", "serve", "serve-binary", "grpc", "serve-unbatched", "kserve")
 
 
 def _measure_mode(
@@ -247,7 +258,7 @@ def _measure_mode(
         measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=warm, **run)
         return measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=requests, **run)
     measure_server(url, requests=warm, binary=mode == "serve-binary", **run)
-    return measure_server(url, requests=requests, binary=mode == "serve-binary", **run)
+    return measure_server(url, requests=requests, binary=mode == "serve-binary", batching=mode != "kserve", **run)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -312,7 +323,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "serve": ["--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms)],
     }
     servers["serve-binary"] = servers["grpc"] = servers["serve"]  # one server kind; the clients differ
-    for mode in [m for m in MODES if m in modes and m != "direct"]:
+    servers["kserve"] = []
+    skipped = kserve_skipped(args.dir) if "kserve" in modes else None
+    for mode in [m for m in MODES if m in modes and m != "direct" and not (m == "kserve" and skipped)]:
         # one server per mode, each count in turn; unbatched: one per count (its --max-batch is the count)
         for group in [[n] for n in sizes] if mode == "serve-unbatched" else [sizes]:
             if mode == "serve-unbatched":
@@ -324,7 +337,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 extra = [*extra, "--grpc-port", str(grpc_port)]
             port = free_port()
             try:
-                proc = start_server(args.dir, port, common + extra)
+                proc = start_server(
+                    args.dir, port, extra if mode == "kserve" else common + extra, kserve=mode == "kserve"
+                )
             except (RuntimeError, TimeoutError) as err:
                 raise CliError(f"the {mode} server did not start: {err}") from err
             try:
@@ -347,13 +362,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ],
         )
     )
-    print(kserve_skipped())
+    if skipped:
+        print(skipped)
     if args.json:
         facts = {
             "committee": repr(committee),
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
-            "skipped": [kserve_skipped()],
+            "skipped": [skipped] if skipped else [],
             "args": {k: str(v) for k, v in vars(args).items() if k != "func"},
         }
         write_json(args.json, {"facts": facts, "rows": [asdict(r) for r in rows]})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,9 +66,13 @@ def measure_grpc(
     return drive_clients(url, mode, clients, requests, len(images[0]), connect, send, check)
 
 
-def kserve_skipped() -> str:
-    """Why the KServe ModelServer row is absent: KServe is not a dependency, and a row is only
-    measured where it imports; no wrapper of the committee for it is written yet either."""
+def kserve_skipped(directory: Any) -> str | None:
+    """Why the KServe ModelServer row cannot run (None: it can): KServe is not a dependency of
+    lsmha, and its wrapper (`lsmha.bench.kserve_committee`) serves an export's committee.onnx."""
     if importlib.util.find_spec("kserve") is None:
-        return "kserve: skipped, the kserve package is not installed (it is not a dependency of lsmha)"
-    return "kserve: skipped, lsmha-bench has no KServe ModelServer wrapper of the committee yet"
+        return (
+            "kserve: skipped, the kserve package is not installed (it is not a dependency of lsmha: pip install kserve)"
+        )
+    if not (Path(directory) / "committee.onnx").is_file():
+        return f"kserve: skipped, {directory} holds no committee.onnx for KServe's ModelServer (lsmha-export onnx)"
+    return None
