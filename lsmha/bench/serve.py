@@ -28,6 +28,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -218,11 +219,13 @@ def start_server(
                "--model_name", "lsmha_committee", "--enable_grpc", "false"]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "lsmha.serving.cli", str(directory), "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the child writes it while it runs; not a pipe: a chatty server would fill one and stall)
+    proc = subprocess.Popen(cmd + extra, stdout=subprocess.DEVNULL, stderr=log, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"{cmd[2]} exited with {proc.returncode}: {log.read()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2).status_code == 200:
                 return proc
