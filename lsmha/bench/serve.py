@@ -260,8 +260,9 @@ def _measure_mode(
 
         measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=warm, **run)
         return measure_grpc(url, f"127.0.0.1:{grpc_port}", requests=requests, **run)
-    measure_server(url, requests=warm, binary=mode == "serve-binary", **run)
-    return measure_server(url, requests=requests, binary=mode == "serve-binary", batching=mode != "kserve", **run)
+    run.update(binary=mode == "serve-binary", batching=mode != "kserve")  # KServe has no lsmha metrics
+    measure_server(url, requests=warm, **run)
+    return measure_server(url, requests=requests, **run)
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
