@@ -182,3 +182,11 @@ def test_binary_requests_that_do_not_add_up_say_why():
         with pytest.raises(ProtocolError, match="Inference-Header-Content-Length must be the JSON header's length"):
             split_body(body, bad)
     assert split_body(b"{}", None) == (b"{}", memoryview(b""))
+
+
+def test_outputs_with_null_parameters_decode():
+    """KServe's ModelServer answers "parameters": null on every output; the client reads it."""
+    from lsmha.serving.protocol import decode_outputs
+
+    body = {"outputs": [{"name": "label", "shape": [2], "datatype": "INT64", "parameters": None, "data": [3, 7]}]}
+    assert decode_outputs(body)["label"].tolist() == [3, 7]

@@ -418,7 +418,7 @@ def decode_outputs(body: dict[str, Any], binary: bytes | memoryview = b"") -> di
     out, offset, binary = {}, 0, memoryview(binary)
     for o in body["outputs"]:
         dtype = np.dtype(V2_TO_NUMPY[o["datatype"]])
-        size = o.get("parameters", {}).get("binary_data_size")
+        size = (o.get("parameters") or {}).get("binary_data_size")  # KServe's ModelServer writes null
         if size is None:
             out[o["name"]] = np.asarray(o["data"], dtype=dtype).reshape(o["shape"])
         else:
