@@ -55,7 +55,7 @@ class MemberBackends(Backend):
         self.members = list(members)
         self.graph = graph
         self.num_members = len(self.members)
-        self.name = f"adaptive[{self.members[0].name}" + (", one graph]" if graph is not None else "]")
+        self.name = f"adaptive[{self.members[0].name}]" if graph is None else f"adaptive[{graph.name}, one graph]"
         batches = [b.max_batch for b in self.members if b.max_batch]
         self.max_batch = min(batches) if batches else None
 
@@ -188,15 +188,13 @@ class AdaptiveCommittee(Committee):
                 f"{source.manifest.directory} has no adaptive thresholds; calibrate them first: "
                 f"`lsmha-export calibrate {source.manifest.directory} --dataset NAME` (on the val split)"
             )
-        runner = open_members(source, backend, trust_native=trust_native, **options)
+        members = open_members(source, backend, trust_native=trust_native, **options)
         try:
-            runner.graph = open_graph(source, calibration, backend, trust_native, **options)
+            graph = open_graph(source, calibration, backend, trust_native, **options)
         except BaseException:
-            runner.close()
+            members.close()
             raise
-        if runner.graph is not None:
-            runner.name = f"adaptive[{runner.graph.name}, one graph]"
-        return cls.from_members(source.specs, runner, calibration, batch_size)
+        return cls.from_members(source.specs, MemberBackends(members.members, graph), calibration, batch_size)
 
     @property
     def order(self) -> list[int]:

@@ -101,9 +101,10 @@ class Committee(SpecFacts):
             batch_size: largest chunk per backend call.
             trust_native: let `auto` open native packages (AOTInductor `.pt2`, TensorRT plans),
                 which run code on load: only for directories you built or trust (docs/export.md).
-            adaptive: an `AdaptiveCommittee`: members one by one from their own graphs, each image
-                leaving once its calibrated margin is reached (docs/adaptive.md); the export needs
-                thresholds from `lsmha-export calibrate`, else ValueError naming the command.
+            adaptive: an `AdaptiveCommittee`: each image leaves once its calibrated margin is
+                reached, the rule run as one graph (`adaptive.onnx`) where the backend can, else
+                member by member (docs/adaptive.md); the export needs thresholds from
+                `lsmha-export calibrate`, else ValueError naming the command.
             **options: the backend's options (its `Options`), e.g. precision="fp16", device="cuda",
                 threads=2.
 
