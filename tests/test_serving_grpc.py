@@ -319,8 +319,9 @@ def test_not_ready_queue_full_deadline_and_shutdown_over_grpc():
 
 def test_serve_bench_grpc_mode_checks_every_answer(server, committee):
     """lsmha-bench serve's gRPC mode times ModelInfer calls and compares each answer with direct predict."""
+    from lsmha.bench.kserve_committee import kserve_skipped
     from lsmha.bench.serve import add_serve_parser
-    from lsmha.bench.serve_grpc import kserve_skipped, measure_grpc
+    from lsmha.bench.serve_grpc import measure_grpc
 
     images = [_images(n, False, seed=n) for n in (1, 3)]
     expected = [committee.predict(x) for x in images]

@@ -14,9 +14,22 @@ one worker, no batching of its own (KServe's ModelServer has none). Run as
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
+
+
+def kserve_skipped(directory: Any) -> str | None:
+    """Why the KServe ModelServer row cannot run (None: it can): KServe is not a dependency of
+    lsmha, and its wrapper (`build_model`) serves an export's committee.onnx."""
+    if importlib.util.find_spec("kserve") is None:
+        return (
+            "kserve: skipped, the kserve package is not installed (it is not a dependency of lsmha: pip install kserve)"
+        )
+    if not (Path(directory) / "committee.onnx").is_file():
+        return f"kserve: skipped, {directory} holds no committee.onnx for KServe's ModelServer (lsmha-export onnx)"
+    return None
 
 
 def build_model(directory: Path, name: str) -> Any:

@@ -301,7 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"--images <= --max-batch"
         )
     from ..engine import Committee
-    from .serve_grpc import kserve_skipped
+    from .kserve_committee import kserve_skipped
 
     options = {} if args.threads is None else {"threads": args.threads}
     try:

@@ -9,9 +9,7 @@ encoding costs nothing; every answer's labels are compared with direct predict.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,15 +62,3 @@ def measure_grpc(
             yield channel.unary_unary(METHOD)
 
     return drive_clients(url, mode, clients, requests, len(images[0]), connect, send, check)
-
-
-def kserve_skipped(directory: Any) -> str | None:
-    """Why the KServe ModelServer row cannot run (None: it can): KServe is not a dependency of
-    lsmha, and its wrapper (`lsmha.bench.kserve_committee`) serves an export's committee.onnx."""
-    if importlib.util.find_spec("kserve") is None:
-        return (
-            "kserve: skipped, the kserve package is not installed (it is not a dependency of lsmha: pip install kserve)"
-        )
-    if not (Path(directory) / "committee.onnx").is_file():
-        return f"kserve: skipped, {directory} holds no committee.onnx for KServe's ModelServer (lsmha-export onnx)"
-    return None
